@@ -1,0 +1,7 @@
+"""Dual optimizers: hold Lagrange multipliers and return the Lagrangian to minimise."""
+
+from .alm import ALM
+from .base import ConstraintsLike, DualOptimizer
+from .primal_dual import PrimalDual
+
+__all__ = ["ALM", "ConstraintsLike", "DualOptimizer", "PrimalDual"]

@@ -235,3 +235,9 @@ def test_lagrangian_gradient_is_the_multipliers(c):
     x = torch.tensor(c, requires_grad=True)
     dual.forward(torch.tensor(0.0), x).backward()
     assert torch.equal(x.grad, dual.duals)
+
+
+def test_overflowing_but_finite_values_pass_the_check():
+    dual = ALM(2, lr=1e-38, is_ineq=True)
+    dual.step(torch.tensor([3e38, 3e38]))  # the sum overflows, every entry is finite
+    assert torch.isfinite(dual.duals).all()

@@ -136,11 +136,18 @@ class ALM(DualOptimizer):
     ) -> dict[str, Tensor]:
         duals = group["params"][0]
         damp = group["dampening"] or 0.0
-        buf = state["momentum_buffer"] * group["momentum"] + (1.0 - damp) * c
-        new = self._clamp(group, duals + group["lr"] * buf)
+        new: dict[str, Tensor] = {}
+        if group["momentum"] == 0.0:
+            # b = (1 - delta) c: skip the buffer arithmetic on the common path.
+            step = c if damp == 0.0 else c * (1.0 - damp)
+        else:
+            step = torch.add(state["momentum_buffer"] * group["momentum"], c, alpha=1.0 - damp)
+            new["momentum_buffer"] = step
+        lam = self._clamp(group, torch.add(duals, step, alpha=group["lr"]))
         if group["restart"]:
-            new = torch.where(c < 0, torch.zeros_like(new), new)
-        return {"duals": new, "momentum_buffer": buf}
+            lam = torch.where(c < 0, 0.0, lam)
+        new["duals"] = lam
+        return new
 
     def _lagrangian_term(self, group: dict[str, Any], duals: Tensor, c: Tensor) -> Tensor:
         aug, rho = group["augmentation"], group["penalty"]

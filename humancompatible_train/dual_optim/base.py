@@ -246,12 +246,7 @@ class DualOptimizer(torch.optim.Optimizer):
         ``dual_constraints``, when given, drive the step instead of ``constraints`` (see
         :meth:`forward_update`). Nothing is changed when an error is raised.
         """
-        drive = constraints if dual_constraints is None else dual_constraints
-        parts = self._split(drive, "dual_constraints" if dual_constraints is not None
-                            else "constraints")
-        if dual_constraints is not None and self.check_finite:
-            self._check_finite(self._split(constraints, "constraints"), "constraints")
-        self._apply_dual_step(parts)
+        self._update(self._split(constraints, "constraints"), dual_constraints)
 
     def update(
         self,
@@ -283,8 +278,18 @@ class DualOptimizer(torch.optim.Optimizer):
         """
         self._check_loss(loss)
         parts = self._split(constraints, "constraints")
-        self.step(constraints, dual_constraints)
+        self._update(parts, dual_constraints)
+        # Learning-rate schedulers check that the optimizer stepped before they do; this path
+        # bypasses the profiling wrapper of ``step`` to keep the hot path short.
+        self._opt_called = True
         return self._lagrangian(loss, parts)
+
+    def _update(self, parts: list[Tensor], dual_constraints: ConstraintsLike | None) -> None:
+        if dual_constraints is not None:
+            if self.check_finite:
+                self._check_finite(parts, "constraints")
+            parts = self._split(dual_constraints, "dual_constraints")
+        self._apply_dual_step(parts)
 
     # ------------------------------------------------------ subclass hooks
     def _validate_group(self, group: dict[str, Any], where: str) -> None:
@@ -313,21 +318,24 @@ class DualOptimizer(torch.optim.Optimizer):
         return torch.dot(duals, c)
 
     def _clamp(self, group: dict[str, Any], duals: Tensor) -> Tensor:
+        """Clamp a *fresh* tensor of candidate multipliers to the group's range, in place."""
         lo, hi = group["dual_range"]
-        return duals.clamp(min=lo, max=hi)
+        if hi == math.inf:
+            return duals if lo == -math.inf else duals.clamp_(min=lo)
+        return duals.clamp_(min=lo, max=hi)
 
     # ------------------------------------------------------------ internals
     def _lagrangian(self, loss: Tensor, parts: list[Tensor]) -> Tensor:
         lagrangian = loss
         for group, c in zip(self.param_groups, parts):
             if not self.check_finite:
-                c = torch.where(torch.isfinite(c), c, torch.zeros_like(c))
-            duals = group["params"][0].detach()
+                c = torch.where(torch.isfinite(c), c, 0.0)
+            duals = group["params"][0]
             lagrangian = lagrangian + self._lagrangian_term(group, duals, c)
         return lagrangian
 
-    @torch.no_grad()
     def _apply_dual_step(self, parts: list[Tensor]) -> None:
+        # Everything below works on detached tensors, so no autograd graph is recorded.
         values = [p.detach() for p in parts]
         if self.process_group is not None:
             values = self._average_over_processes(values)
@@ -342,7 +350,7 @@ class DualOptimizer(torch.optim.Optimizer):
             valid = None
             if not self.check_finite:
                 valid = torch.isfinite(c)
-                c = torch.where(valid, c, torch.zeros_like(c))
+                c = torch.where(valid, c, 0.0)
             new = self._dual_step(group, state, c)
             if valid is not None:
                 new = {
@@ -352,8 +360,7 @@ class DualOptimizer(torch.optim.Optimizer):
             updates.append((duals, state, new))
         for duals, state, new in updates:
             duals.copy_(new.pop("duals"))
-            for k, v in new.items():
-                state[k] = v
+            state.update(new)
             state["step"] += 1
 
     def _average_over_processes(self, values: list[Tensor]) -> list[Tensor]:
@@ -366,8 +373,10 @@ class DualOptimizer(torch.optim.Optimizer):
     def _check_finite(self, parts: list[Tensor], what: str) -> None:
         if not parts:
             return
-        finite = torch.isfinite(torch.cat([p.detach() for p in parts]))
-        if bool(finite.all()):
+        flat = parts[0] if len(parts) == 1 else torch.cat(parts)
+        # One reduction and one read instead of an element-wise test: the sum is finite
+        # whenever every entry is (an overflowing sum falls through to the exact test below).
+        if math.isfinite(float(flat.detach().sum())):
             return
         for group, p in zip(self.param_groups, parts):
             bad = (~torch.isfinite(p.detach())).nonzero().flatten().tolist()
@@ -407,7 +416,7 @@ class DualOptimizer(torch.optim.Optimizer):
                     f"{arg}: expected {total} constraint values (groups {names} of sizes "
                     f"{sizes}), got {flat.numel()}"
                 )
-            parts = list(flat.split(sizes))
+            parts = [flat] if len(sizes) == 1 else list(flat.split_with_sizes(sizes))
         elif isinstance(constraints, Mapping):
             keys = list(constraints.keys())
             if set(keys) != set(names):

@@ -91,4 +91,4 @@ class PrimalDual(DualOptimizer):
         self, group: dict[str, Any], state: dict[str, Any], c: Tensor
     ) -> dict[str, Tensor]:
         eta = self.step_size(group, state["step"] + 1)
-        return {"duals": self._clamp(group, group["params"][0] + eta * c)}
+        return {"duals": self._clamp(group, torch.add(group["params"][0], c, alpha=eta))}

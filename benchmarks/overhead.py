@@ -1,0 +1,168 @@
+"""Per-step overhead of a dual optimizer against a plain training step.
+
+Same MLP (64-32), batch 256, one thread; each repetition runs every variant once, in turn
+(interleaved), so slow drifts of the machine hit all variants alike. Prints the median step
+time of each variant and its ratio to the plain step measured in the same run.
+
+    python benchmarks/overhead.py [--reps 400] [--features 100]
+
+With the ``compare`` extra installed, humancompatible-train's ALM and Cooper's simultaneous
+Lagrangian are measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from humancompatible_train.dual_optim import ALM, PrimalDual
+
+
+def make_model(features: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(features, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32),
+        torch.nn.ReLU(), torch.nn.Linear(32, 1),
+    )
+
+
+def constraint_values(out: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    # m differentiable constraints from the batch output; identical work for every method.
+    return torch.sigmoid(out).mean() * coef - 0.5
+
+
+def variants(features: int, m: int) -> dict:
+    coef = torch.linspace(0.5, 1.5, m)
+    x = torch.randn(256, features)
+    y = (torch.rand(256, 1) < 0.5).float()
+    bce = torch.nn.BCEWithLogitsLoss()
+    out = {}
+
+    def plain():
+        model = make_model(features)
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+
+        def step():
+            opt.zero_grad()
+            loss = bce(model(x), y)
+            loss.backward()
+            opt.step()
+        return step
+    out["plain"] = plain()
+
+    def penalty():
+        # The same constraint values added with a fixed weight: what computing the
+        # constraints costs by itself, without any dual optimizer.
+        model = make_model(features)
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        w = torch.full((m,), 0.01)
+
+        def step():
+            opt.zero_grad()
+            o = model(x)
+            (bce(o, y) + torch.dot(w, constraint_values(o, coef))).backward()
+            opt.step()
+        return step
+    out["fixed penalty (no dual)"] = penalty()
+
+    def ours(cls, **kw):
+        model = make_model(features)
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        dual = cls(m, is_ineq=True, **kw)
+
+        def step():
+            opt.zero_grad()
+            o = model(x)
+            lagr = dual.forward_update(bce(o, y), constraint_values(o, coef))
+            lagr.backward()
+            opt.step()
+        return step
+    out["ours ALM"] = ours(ALM, lr=0.01)
+    out["ours ALM (check_finite=False)"] = ours(ALM, lr=0.01, check_finite=False)
+    out["ours PrimalDual"] = ours(PrimalDual, eta_0=0.5)
+
+    try:
+        from humancompatible.train.dual_optim import ALM as PeerALM
+
+        model = make_model(features)
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        peer = PeerALM(m=m, lr=0.01, is_ineq=True)
+
+        def peer_step():
+            opt.zero_grad()
+            o = model(x)
+            peer.forward_update(bce(o, y), constraint_values(o, coef)).backward()
+            opt.step()
+        out["humancompatible-train ALM"] = peer_step
+    except ImportError:
+        pass
+
+    try:
+        import cooper
+
+        model = make_model(features)
+
+        class CMP(cooper.ConstrainedMinimizationProblem):
+            def __init__(self):
+                super().__init__()
+                mult = cooper.multipliers.DenseMultiplier(num_constraints=m)
+                self.c = cooper.Constraint(cooper.ConstraintType.INEQUALITY,
+                                           formulation_type=cooper.formulations.Lagrangian,
+                                           multiplier=mult)
+
+            def compute_cmp_state(self, model, x, y):
+                o = model(x)
+                return cooper.CMPState(
+                    loss=bce(o, y),
+                    observed_constraints={self.c: cooper.ConstraintState(
+                        violation=constraint_values(o, coef))})
+
+        cmp = CMP()
+        primal = torch.optim.Adam(model.parameters(), 1e-3)
+        dual_opt = torch.optim.SGD(cmp.dual_parameters(), lr=0.01, maximize=True)
+        coop = cooper.optim.SimultaneousOptimizer(cmp, primal, dual_opt)
+
+        def cooper_step():
+            coop.roll(compute_cmp_state_kwargs={"model": model, "x": x, "y": y})
+        out["Cooper simultaneous"] = cooper_step
+    except ImportError:
+        pass
+    # A second plain step, last in every round: its ratio to the first shows the noise floor
+    # of this run (position in the round, caches) that every ratio above carries.
+    out["plain (again, last)"] = plain()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=400)
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--features", type=int, default=100)
+    ap.add_argument("--m", type=int, nargs="+", default=[1, 100, 10_000])
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, 1 thread, MLP {args.features}-64-32-1, batch 256, "
+          f"median of {args.reps} interleaved repetitions")
+    for m in args.m:
+        steps = variants(args.features, m)
+        times: dict[str, list[float]] = {k: [] for k in steps}
+        for _ in range(args.warmup):
+            for f in steps.values():
+                f()
+        for _ in range(args.reps):
+            for k, f in steps.items():
+                t0 = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t0)
+        base = statistics.median(times["plain"])
+        print(f"\nm = {m}")
+        for k, ts in times.items():
+            med = statistics.median(ts)
+            print(f"  {k:32s} {med * 1e6:9.1f} us   {med / base:5.3f}x plain")
+
+
+if __name__ == "__main__":
+    main()

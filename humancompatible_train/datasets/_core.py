@@ -3,7 +3,8 @@ target and sensitive columns, stratified sub-sampling and splitting, and preproc
 training split only.
 
 A table is held as ``dict[column name, numpy array of str]``; every value is the stripped text of a
-cell. Nothing here needs pandas; :func:`read_parquet_columns` and :func:`to_pandas` import it lazily.
+cell. Nothing here needs pandas; :func:`read_parquet_columns` and the ``to_pandas`` methods import
+it lazily.
 """
 
 from __future__ import annotations
@@ -55,13 +56,22 @@ def _preview(values: Sequence[Any], limit: int = 10) -> str:
     return "[" + ", ".join(shown) + (f", ... ({more} more)" if more > 0 else "") + "]"
 
 
+def _to_float(text: str) -> float | None:
+    """The number a cell text spells, or None (digit separators like ``'2_1'`` are not numbers)."""
+    if "_" in text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def natural_sort(values: Sequence[str]) -> list[str]:
     """Sort numeric-looking texts by value (``'2' < '10'``), then the others alphabetically."""
 
     def key(v: str) -> tuple[int, float, str]:
-        try:
-            x = float(v)
-        except ValueError:
+        x = _to_float(v)
+        if x is None:
             return (1, 0.0, v)
         return (0, x if not math.isnan(x) else math.inf, v)
 
@@ -158,6 +168,8 @@ def check_columns(table: Table, columns: Sequence[str], *, argument: str, source
 
 def _parse_floats(values: np.ndarray, missing: np.ndarray) -> np.ndarray | None:
     """Floats of ``values`` (NaN where missing), or None if some present value is not a number."""
+    if values.size and bool((np.char.find(values[~missing], "_") >= 0).any()):
+        return None  # Python and numpy read '2_1' as 21; a code, not a number
     filled = np.where(missing, "nan", values)
     try:
         return filled.astype(np.float64)
@@ -167,11 +179,7 @@ def _parse_floats(values: np.ndarray, missing: np.ndarray) -> np.ndarray | None:
 
 def _first_non_number(values: np.ndarray, missing: np.ndarray) -> str:
     for v, m in zip(values.tolist(), missing.tolist(), strict=True):
-        if m:
-            continue
-        try:
-            float(v)
-        except ValueError:
+        if not m and _to_float(str(v)) is None:
             return str(v)
     return ""  # pragma: no cover - only called after a failed parse
 
@@ -231,11 +239,7 @@ def encode_target(
 
 
 def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    return _to_float(text) is not None
 
 
 def _num_text(x: float) -> str:
@@ -306,13 +310,17 @@ def check_fractions(split: Sequence[float]) -> tuple[float, float, float]:
     try:
         fr = tuple(float(f) for f in split)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"split: expected three numbers (train, val, test), got {split!r}") from exc
+        raise ValueError(
+            f"split: expected three numbers (train, val, test), got {split!r}"
+        ) from exc
     if len(fr) != 3 or any(not math.isfinite(f) or f < 0 for f in fr):
         raise ValueError(
             f"split: expected three non-negative fractions (train, val, test), got {split!r}"
         )
     if abs(sum(fr) - 1.0) > 1e-6 or fr[0] <= 0:
-        raise ValueError(f"split: fractions must sum to 1 with a positive train part, got {split!r}")
+        raise ValueError(
+            f"split: fractions must sum to 1 with a positive train part, got {split!r}"
+        )
     return fr[0], fr[1], fr[2]
 
 
@@ -335,9 +343,7 @@ def _largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
     return counts
 
 
-def stratified_subsample(
-    strata: np.ndarray, max_rows: int, rng: np.random.Generator
-) -> np.ndarray:
+def stratified_subsample(strata: np.ndarray, max_rows: int, rng: np.random.Generator) -> np.ndarray:
     """Row indices of a stratified sample of ``max_rows`` rows (every stratum kept if possible)."""
     sizes = np.bincount(strata)
     present = sizes > 0
@@ -486,7 +492,7 @@ class Preprocessor:
 
 
 # ----------------------------------------------------------------------------------- containers
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Split:
     """One part (train, validation or test) of a dataset, as tensors.
 
@@ -511,6 +517,12 @@ class Split:
     def __len__(self) -> int:
         return int(self.X.shape[0])
 
+    def __repr__(self) -> str:
+        return (
+            f"Split({len(self)} rows, {self.X.shape[1]} features, "
+            f"sensitive={list(self.sensitive)!r})"
+        )
+
     def _attr_index(self, attr: str | None) -> int:
         if attr is None:
             return 0
@@ -528,7 +540,13 @@ class Split:
         This is the ``sens`` layout fairret statistics expect. ``attrs`` defaults to all
         sensitive attributes, in order.
         """
-        chosen = list(self.sensitive) if attrs is None else [attrs] if isinstance(attrs, str) else list(attrs)
+        chosen = (
+            list(self.sensitive)
+            if attrs is None
+            else [attrs]
+            if isinstance(attrs, str)
+            else list(attrs)
+        )
         blocks = []
         for a in chosen:
             ids = self.groups(a)
@@ -574,7 +592,7 @@ class Split:
         return frame
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class DatasetSplits:
     """A tabular fairness dataset split into train / validation / test parts.
 
@@ -604,10 +622,20 @@ class DatasetSplits:
     def n_features(self) -> int:
         return len(self.feature_names)
 
+    def __repr__(self) -> str:
+        return (
+            f"DatasetSplits(name={self.name!r}, train={len(self.train)} rows, "
+            f"val={len(self.val)} rows, test={len(self.test)} rows, "
+            f"features={self.n_features}, sensitive={list(self.sensitive)!r}, seed={self.seed})"
+        )
+
     def to_pandas(self) -> dict[str, pd.DataFrame]:
         """``{'train', 'val', 'test'}`` data frames (see :meth:`Split.to_pandas`)."""
-        return {"train": self.train.to_pandas(), "val": self.val.to_pandas(),
-                "test": self.test.to_pandas()}
+        return {
+            "train": self.train.to_pandas(),
+            "val": self.val.to_pandas(),
+            "test": self.test.to_pandas(),
+        }
 
     def summary(self) -> str:
         """A few human-readable lines: sizes, label rate and group sizes."""
@@ -750,7 +778,9 @@ def build_splits(
     )
     for part_name, sp in (("val", result.val), ("test", result.test)):
         for j, col in enumerate(sensitive):
-            if len(sp) and bool((torch.bincount(sp.sens[:, j], minlength=len(names[col])) == 0).any()):
+            if len(sp) and bool(
+                (torch.bincount(sp.sens[:, j], minlength=len(names[col])) == 0).any()
+            ):
                 logger.warning("%s: the %s split lacks some %r groups", name, part_name, col)
     logger.info("%s", result.summary())
     return result

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -36,7 +36,7 @@ __all__ = ["DualOptimizer", "ConstraintsLike"]
 
 logger = logging.getLogger("humancompatible_train")
 
-ConstraintsLike = Union[Tensor, Sequence[Tensor], Mapping[str, Tensor]]
+ConstraintsLike = Tensor | Sequence[Tensor] | Mapping[str, Tensor]
 
 # Keys of a param group that describe the group rather than tune the algorithm.
 _STRUCTURAL_KEYS = ("params", "name", "m")

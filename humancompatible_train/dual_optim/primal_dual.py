@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -13,7 +13,7 @@ from .base import DualOptimizer
 
 __all__ = ["PrimalDual"]
 
-Decay = Union[str, Callable[[int], float]]
+Decay = str | Callable[[int], float]
 _DECAYS = ("sqrt", "constant")
 
 

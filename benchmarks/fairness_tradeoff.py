@@ -33,7 +33,7 @@ EPS = 0.05
 #: hundredths on batches of 256): a dual step large enough for lambda to reach its optimum
 #: within a few epochs.
 RECOMMENDED = {
-    "ours ALM": lambda: ALM(m=1, lr=0.2, is_ineq=True),
+    "ours ALM": lambda: ALM(m=1, lr=0.3, is_ineq=True),
     "ours PrimalDual": lambda: PrimalDual(m=1, eta_0=2.0, is_ineq=True),
 }
 

@@ -26,6 +26,8 @@ def _worker(rank, world, init_file, out_dir):
             pd.step(local)
         torch.save({"alm": alm.duals, "pd": pd.duals, "lagr": lagrangians},
                    os.path.join(out_dir, f"rank{rank}.pt"))
+        # Leave together: a rank tearing down gloo while its peer still talks aborts the peer.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

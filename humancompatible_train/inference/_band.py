@@ -1,0 +1,94 @@
+r"""Exact weighted projection of group values onto a band of width :math:`\varepsilon`.
+
+Given group values :math:`x_g`, weights :math:`w_g > 0` and a mask of the groups that take
+part, solve
+
+.. math::
+
+    \min_{y} \sum_g w_g (y_g - x_g)^2 \quad \text{s.t.} \quad
+    |y_g - y_h| \le \varepsilon \ \ \forall g, h,
+
+equivalently :math:`\exists t: t \le y_g \le t + \varepsilon`. For a fixed :math:`t` the best
+:math:`y_g` is :math:`\operatorname{clip}(x_g, t, t + \varepsilon)`, so the problem reduces to
+minimising the convex piecewise-quadratic
+
+.. math:: \phi(t) = \sum_{g: x_g < t} w_g (t - x_g)^2 + \sum_{g: x_g > t+\varepsilon}
+    w_g (x_g - t - \varepsilon)^2
+
+whose pieces change at the :math:`2S` breakpoints :math:`x_g` and :math:`x_g - \varepsilon`.
+On every piece the minimiser is the weighted mean
+:math:`t = (\sum_{low} w_g x_g + \sum_{high} w_g (x_g - \varepsilon)) / \sum_{low\cup high} w_g`;
+the global minimiser is the best of these stationary points clipped to their piece. All
+:math:`O(S)` candidates are evaluated at once with tensor operations (:math:`O(S^2)` work,
+no host synchronisation, exact up to rounding).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def band_project(x: Tensor, w: Tensor, eps: float | Tensor, present: Tensor) -> Tensor:
+    """Project ``x`` (shape (..., S)) onto the band, groups outside ``present`` untouched.
+
+    ``w`` holds positive weights (zero or any value where not present). Returns ``y``.
+    """
+    big = torch.finfo(x.dtype).max / 4
+    # Absent groups sit inside every band: give them no weight and no pull.
+    w = torch.where(present, w, torch.zeros_like(w))
+    xs = torch.where(present, x, torch.zeros_like(x))
+    # Candidate pieces are delimited by the sorted breakpoints of present groups.
+    bps = torch.cat([torch.where(present, x, big), torch.where(present, x - eps, big)], dim=-1)
+    bps, _ = torch.sort(bps, dim=-1)
+    lo = torch.cat([torch.full_like(bps[..., :1], -big), bps], dim=-1)
+    hi = torch.cat([bps, torch.full_like(bps[..., :1], big)], dim=-1)
+    mid = torch.where((lo > -big) & (hi < big), 0.5 * (lo + hi),
+                      torch.where(lo > -big, lo + 1.0, hi - 1.0))
+    # For each piece (..., P), which groups are below / above the band there.
+    below = (x.unsqueeze(-2) < mid.unsqueeze(-1)) & present.unsqueeze(-2)
+    above = (x.unsqueeze(-2) > mid.unsqueeze(-1) + eps) & present.unsqueeze(-2)
+    wl = (w.unsqueeze(-2) * below).sum(-1)
+    wh = (w.unsqueeze(-2) * above).sum(-1)
+    num = (w.unsqueeze(-2) * below * xs.unsqueeze(-2)).sum(-1) + \
+        (w.unsqueeze(-2) * above * (xs.unsqueeze(-2) - eps)).sum(-1)
+    den = wl + wh
+    t_star = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), mid)
+    t_star = torch.minimum(torch.maximum(t_star, lo), hi)
+    y = torch.minimum(torch.maximum(xs.unsqueeze(-2), t_star.unsqueeze(-1)),
+                      t_star.unsqueeze(-1) + eps)
+    sq = torch.where(present.unsqueeze(-2), (y - xs.unsqueeze(-2)) ** 2, torch.zeros_like(y))
+    cost = (w.unsqueeze(-2) * sq).sum(-1)
+    # Pieces past the last real breakpoint (padding of absent groups) are not candidates.
+    cost = torch.where(lo >= big, torch.full_like(cost, float("inf")), cost)
+    best = cost.argmin(dim=-1, keepdim=True)
+    y_best = torch.gather(y, -2, best.unsqueeze(-1).expand(*best.shape[:-1], 1, x.shape[-1]))
+    return torch.where(present, y_best.squeeze(-2), x)
+
+
+def two_slab_qp(w: Tensor, rows: Tensor, rhs: Tensor) -> Tensor:
+    r"""Exact :math:`\min_d \sum_g w_g d_g^2` s.t. ``rows @ d <= rhs`` for two variables.
+
+    ``w``: (..., 2) positive weights; ``rows``: (..., R, 2); ``rhs``: (..., R) (``inf`` marks an
+    absent row). By the KKT conditions the optimum has at most two active constraints, so it
+    is the cheapest feasible point among: the origin, the projection onto each row's line,
+    and the intersection of each pair of lines. All candidates are evaluated at once.
+    """
+    R = rows.shape[-2]
+    inv = (1.0 / w).unsqueeze(-2)
+    denom = (rows * rows * inv).sum(-1)
+    on_line = (rhs / denom).unsqueeze(-1) * inv * rows  # (..., R, 2)
+    j, k = torch.triu_indices(R, R, 1, device=rows.device)
+    a, c = rows[..., j, :], rows[..., k, :]
+    bj, bk = rhs[..., j], rhs[..., k]
+    det = a[..., 0] * c[..., 1] - a[..., 1] * c[..., 0]
+    corner = torch.stack([bj * c[..., 1] - bk * a[..., 1], a[..., 0] * bk - c[..., 0] * bj],
+                         -1) / det.unsqueeze(-1)  # parallel lines give inf/nan: infeasible
+    cand = torch.cat([torch.zeros_like(on_line[..., :1, :]), on_line, corner], -2)
+    slack = rhs.unsqueeze(-2) - (cand.unsqueeze(-2) * rows.unsqueeze(-3)).sum(-1)
+    tol = 1e-9 * (1.0 + torch.where(torch.isfinite(rhs), rhs.abs(), 0.0)).unsqueeze(-2)
+    feasible = ((slack >= -tol) | torch.isnan(slack) & torch.isinf(rhs).unsqueeze(-2)).all(-1) \
+        & torch.isfinite(cand).all(-1)
+    cost = torch.where(feasible, (w.unsqueeze(-2) * cand * cand).sum(-1), float("inf"))
+    best = cost.argmin(-1, keepdim=True).unsqueeze(-1).expand(*cost.shape[:-1], 1, 2)
+    return torch.gather(torch.nan_to_num(cand), -2, best).squeeze(-2)

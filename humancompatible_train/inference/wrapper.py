@@ -1,0 +1,463 @@
+r"""Fair inference: adjust a deployed model's predictions so that group parity holds.
+
+Two regimes share one state (running statistics and a :class:`~humancompatible_train.
+dual_optim.PrimalDual` holding the multipliers):
+
+* **Large batches** (size :math:`\ge b_\tau`): the exact projection of the batch onto
+  :math:`\{|\bar q_g - \bar q_h| \le \varepsilon\ \forall g, h\}`; every batch meets
+  :math:`\varepsilon`.
+* **Small batches** (size :math:`< b_\tau`, down to a single prediction): an online primal-dual
+  correction. The multipliers :math:`\lambda_{gh} \ge 0` of the pooled constraints
+  :math:`\mu_g - \mu_h - \varepsilon \le 0` (:math:`\mu_g`: mean prediction of group
+  :math:`g` over the stream) define per-group offsets
+
+  .. math:: \nu_g = \sum_h (\lambda_{gh} - \lambda_{hg})\, \pi_h
+
+  (:math:`\pi_h`: share of group :math:`h` in the stream so far), which is the minimiser of
+  the pooled Lagrangian :math:`\sum_i \tfrac12 (q_i - z_i)^2 + \sum_{gh}\lambda_{gh}
+  (\mu_g - \mu_h - \varepsilon)` in the metric that scales each group's step by the others'
+  shares (so the dual curvature is at most 1 and :math:`\eta_0 \le 1` is stable). After each
+  batch the multipliers take one projected ascent step
+  :math:`\lambda \leftarrow [\lambda + \eta_t c]_+`, :math:`\eta_t = \eta_0/\sqrt t`, on the
+  pooled constraint values :math:`c_{gh} = (m_g - \nu_g) - (m_h - \nu_h) - \varepsilon` of the
+  primal response (:math:`m_g`: running mean of the raw predictions), i.e. online gradient
+  ascent on the dual of the pooled projection problem (Zinkevich 2003; Mahdavi, Jin & Yang
+  2012). The shifted predictions :math:`z_i - \nu_{g(i)}` are then corrected by the smallest
+  group shifts (in :math:`\ell_2`) that make (a) the batch's group means meet
+  :math:`\varepsilon` when the batch holds two or more groups and (b) the pooled group means
+  of everything served so far meet :math:`\varepsilon` (``pooled="hard"``, default), by
+  Dykstra's alternating projections (Boyle & Dykstra 1986), ending on (b).
+
+The original system bounds only the *weighted average* of per-batch gaps; that leaves the
+pooled gap of all predictions above :math:`\varepsilon` for small batches (batch
+composition and level are correlated after per-batch corrections). Here (a) keeps every
+per-batch gap within :math:`\varepsilon`, (b) keeps the pooled gap within it at every step,
+and the dual offsets make (b) rarely bind, so corrections stay small.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..dual_optim import PrimalDual
+from ._band import band_project, two_slab_qp
+
+__all__ = ["FairInference"]
+
+logger = logging.getLogger("humancompatible_train")
+
+_METRICS = ("mean_pred", "equalized_odds")
+# Weight that pins a group's value inside a projection (groups that cannot move).
+_PIN = 1e12
+
+
+class FairInference(torch.nn.Module):
+    r"""Wrap a trained model so that its predictions meet group parity on a stream.
+
+    Args:
+        model: the trained model (its output is flattened to one score per row), or ``None``
+            to adjust scores passed to :meth:`adjust`.
+        num_groups: number of groups :math:`S \ge 2` (ids ``0..S-1``).
+        fairness_tolerance: :math:`\varepsilon \ge 0`.
+        b_tau: batches of at least this size are projected exactly on their own.
+        eta_0: initial dual step :math:`\eta_0` of the small-batch regime.
+        metric: ``"mean_pred"`` (mean-prediction parity) or ``"equalized_odds"`` (the same
+            parity within each label class; needs labels).
+        prediction_bounds: optional ``(lo, hi)`` clamp of the adjusted predictions (applied
+            last; a binding bound can cost exactness).
+        protected_attr_idx: column of ``x`` holding the group id, when ``groups`` is not
+            passed to :meth:`forward`.
+        dual: a :class:`PrimalDual` to hold the multipliers (e.g. the one that trained the
+            model, for a warm start); its size must be ``C * S * (S - 1)``. Default: a new
+            one with ``eta_0``.
+        pooled: ``"hard"`` enforces the pooled constraint after every batch; ``"dual"``
+            leaves it to the multipliers (asymptotic only).
+        dykstra_iters: alternating-projection rounds for (a) and (b) together (used for
+            three or more groups; two groups are solved exactly in closed form).
+        group_shares: the groups' shares :math:`\pi` in the population (per label class for
+            ``"equalized_odds"``), e.g. from the training data. Default: the running shares of
+            the stream. Give them with a warm-started ``dual`` so that the very first batch
+            is corrected even when it holds one group only.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module | None = None,
+        *,
+        num_groups: int = 2,
+        fairness_tolerance: float = 0.05,
+        b_tau: int = 64,
+        eta_0: float = 0.5,
+        metric: str = "mean_pred",
+        prediction_bounds: tuple[float, float] | None = None,
+        protected_attr_idx: int | None = None,
+        dual: PrimalDual | None = None,
+        pooled: str = "hard",
+        dykstra_iters: int = 50,
+        dtype: torch.dtype = torch.float64,
+        group_shares: Sequence[float] | Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 2:
+            raise ValueError(f"num_groups must be an int >= 2, got {num_groups!r}")
+        if not fairness_tolerance >= 0:
+            raise ValueError(f"fairness_tolerance must be >= 0, got {fairness_tolerance!r}")
+        if isinstance(b_tau, bool) or not isinstance(b_tau, int) or b_tau < 1:
+            raise ValueError(f"b_tau must be a positive int, got {b_tau!r}")
+        if metric not in _METRICS:
+            raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
+        if pooled not in ("hard", "dual"):
+            raise ValueError(f"pooled must be 'hard' or 'dual', got {pooled!r}")
+        if prediction_bounds is not None:
+            lo, hi = prediction_bounds
+            if not lo < hi:
+                raise ValueError(f"prediction_bounds must be (lo, hi) with lo < hi, "
+                                 f"got {prediction_bounds!r}")
+        self.model = model
+        self.num_groups = num_groups
+        self.num_classes = 2 if metric == "equalized_odds" else 1
+        self.fairness_tolerance = float(fairness_tolerance)
+        self.b_tau = b_tau
+        self.metric = metric
+        self.prediction_bounds = prediction_bounds
+        self.protected_attr_idx = protected_attr_idx
+        self.pooled = pooled
+        self.dykstra_iters = int(dykstra_iters)
+        self._dtype = dtype
+        S, C = num_groups, self.num_classes
+        m = C * S * (S - 1)
+        if dual is None:
+            # check_finite=False: pairs whose groups have not been seen yet enter the dual
+            # step as NaN and are masked out of it.
+            dual = PrimalDual(m, eta_0=eta_0, is_ineq=True, name="pooled_parity", dtype=dtype,
+                              check_finite=False)
+        elif not isinstance(dual, PrimalDual) or dual.m != m:
+            raise ValueError(
+                f"dual must be a PrimalDual with m = C*S*(S-1) = {m} constraints "
+                f"(C={C} label classes, S={S} groups), got "
+                f"{type(dual).__name__} with m={getattr(dual, 'm', None)}"
+            )
+        self.dual = dual
+        off = ~torch.eye(S, dtype=torch.bool)
+        g_idx, h_idx = off.nonzero(as_tuple=True)  # pair p is the constraint mu_g - mu_h <= eps
+        self.register_buffer("_pair_g", g_idx, persistent=False)
+        self.register_buffer("_pair_h", h_idx, persistent=False)
+        z = torch.zeros(C, S, dtype=dtype)
+        # Running statistics of the stream: raw sums, served (adjusted) sums, counts.
+        self.register_buffer("raw_sum", z.clone())
+        self.register_buffer("out_sum", z.clone())
+        self.register_buffer("count", z.clone())
+        self.register_buffer("label_sum", z.clone())
+        if group_shares is None:
+            self.register_buffer("_shares", None)
+        else:
+            shares = torch.as_tensor(group_shares, dtype=dtype).reshape(-1, S).expand(C, S)
+            if not bool((shares >= 0).all()) or not torch.allclose(shares.sum(-1),
+                                                                   torch.ones(C, dtype=dtype)):
+                raise ValueError(f"group_shares must be {S} non-negative shares summing to 1 "
+                                 f"(per label class), got {group_shares!r}")
+            self.register_buffer("_shares", shares.clone(), persistent=False)
+        # Scalars of seed 001's state.
+        self.register_buffer("cumulative_samples", torch.zeros((), dtype=dtype))
+        self.register_buffer("cumulative_weighted_violation", torch.zeros((), dtype=dtype))
+        self.register_buffer("weighted_gap_sum", torch.zeros((), dtype=dtype))
+        self.register_buffer("weighted_gap_samples", torch.zeros((), dtype=dtype))
+        self.register_buffer("lambda_max", torch.zeros((), dtype=dtype))
+        self.register_buffer("num_batches", torch.zeros((), dtype=torch.long))
+        self.register_buffer("squared_adjustment", torch.zeros((), dtype=dtype))
+
+    # ----------------------------------------------------------------- state
+    @property
+    def lambda_dual(self) -> Tensor:
+        """The multipliers, shape (C, S, S): ``[k, g, h]`` for mu_g - mu_h <= eps in class k."""
+        S, C = self.num_groups, self.num_classes
+        lam = self.dual.dual("pooled_parity").detach().view(C, -1)
+        mat = torch.zeros(C, S, S, dtype=lam.dtype, device=lam.device)
+        mat[:, self._pair_g, self._pair_h] = lam
+        return mat
+
+    @property
+    def dual_update_count(self) -> int:
+        return int(self.dual.state[self.dual.dual("pooled_parity")]["step"])
+
+    def reset(self) -> None:
+        """Zero the serving state (seed 001): multipliers, dual step count, every statistic."""
+        lam = self.dual.dual("pooled_parity")
+        with torch.no_grad():
+            lam.zero_()
+        self.dual.state[lam]["step"] = 0
+        for name, buf in self.named_buffers(recurse=False):
+            if not name.startswith("_"):
+                buf.zero_()
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"dual": self.dual.state_dict()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.dual.load_state_dict(state["dual"])
+
+    # ------------------------------------------------------------- serving
+    def forward(self, x: Tensor, groups: Tensor | None = None,
+                labels: Tensor | None = None) -> Tensor:
+        """Model scores for ``x``, adjusted; the same shape as the model's output."""
+        if self.model is None:
+            raise ValueError("this FairInference has no model: call adjust(scores, groups)")
+        if groups is None:
+            if self.protected_attr_idx is None:
+                raise ValueError("groups is required (or set protected_attr_idx)")
+            groups = x[:, self.protected_attr_idx].round().long()
+        with torch.no_grad():
+            out = self.model(x)
+        return self.adjust(out, groups, labels)
+
+    def _offsets(self, share: Tensor) -> Tensor:
+        """nu[k, g] = sum_h (lambda[k, g, h] - lambda[k, h, g]) * share[k, h]."""
+        lam = self.dual.dual("pooled_parity").view(self.num_classes, -1).to(share)
+        g, h = self._pair_g, self._pair_h
+        nu = torch.zeros_like(share)
+        nu.index_add_(1, g, lam * share[:, h])
+        nu.index_add_(1, h, lam * share[:, g], alpha=-1.0)
+        return nu
+
+    def _check(self, z: Tensor, groups: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+        if not isinstance(z, Tensor) or not z.is_floating_point():
+            raise ValueError(f"predictions must be a floating tensor, got "
+                             f"{getattr(z, 'dtype', type(z).__name__)}")
+        flat = z.reshape(-1)
+        if z.dim() > 2 or (z.dim() == 2 and z.shape[1] != 1):
+            raise ValueError(f"predictions must have shape (N,) or (N, 1), got {tuple(z.shape)}")
+        if not isinstance(groups, Tensor) or groups.reshape(-1).shape != flat.shape:
+            raise ValueError(
+                f"groups must be a tensor of {flat.numel()} group ids, got "
+                f"{tuple(groups.shape) if isinstance(groups, Tensor) else type(groups).__name__}"
+            )
+        g = groups.reshape(-1)
+        if g.is_floating_point():
+            if not bool((g == g.round()).all()):
+                raise ValueError("groups must hold integer group ids")
+            g = g.long()
+        if flat.numel() == 0:
+            raise ValueError("predictions: empty batch")
+        # One host read for the whole validation; messages are built only on failure.
+        bad = (~torch.isfinite(flat)).any() | ((g < 0) | (g >= self.num_groups)).any()
+        if bool(bad):
+            if not bool(torch.isfinite(flat).all()):
+                raise ValueError("predictions contain NaN or Inf; nothing was changed")
+            raise ValueError(
+                f"groups must lie in 0..{self.num_groups - 1}, got values "
+                f"{sorted(set(g.tolist()))}"
+            )
+        if self.metric == "equalized_odds":
+            if labels is None:
+                raise ValueError("metric 'equalized_odds' needs labels for every batch")
+            y = labels.reshape(-1)
+            if y.shape != flat.shape or not bool(((y == 0) | (y == 1)).all()):
+                raise ValueError(f"labels must be {flat.numel()} values in {{0, 1}}")
+        return flat, g
+
+    @torch.no_grad()
+    def adjust(self, scores: Tensor, groups: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Adjust a batch of scores and update the serving state."""
+        z, g = self._check(scores, groups, labels)
+        S, C = self.num_groups, self.num_classes
+        dt = self._dtype
+        zd = z.to(dt)
+        if C == 2:
+            cls = labels.reshape(-1).long()  # type: ignore[union-attr]
+        else:
+            cls = torch.zeros_like(g)
+        key = cls * S + g
+        n_b = torch.bincount(key, minlength=C * S).view(C, S).to(dt)
+        s_b = torch.bincount(key, weights=zd, minlength=C * S).view(C, S)
+        # Running raw statistics include this batch: the dual responds to it at once.
+        self.count.add_(n_b)
+        self.raw_sum.add_(s_b)
+        if labels is not None:
+            self.label_sum.add_(torch.bincount(key, weights=labels.reshape(-1).to(dt),
+                                               minlength=C * S).view(C, S))
+        seen = self.count > 0
+        share = self._shares if self._shares is not None else \
+            self.count / self.count.sum(-1, keepdim=True).clamp(min=1)
+        self._dual_step(share, seen)
+        nu = self._offsets(share)
+        shifted = zd - nu[cls, g]
+        mean_b = (s_b - nu * n_b) / n_b.clamp(min=1)  # batch means of the shifted values
+        in_batch = n_b > 0
+        if z.numel() >= self.b_tau:
+            delta = self._shifts_batch(mean_b, n_b, in_batch)
+        else:
+            delta = self._shifts_stream(mean_b, n_b, in_batch, seen)
+        q = shifted + delta.view(-1)[key]
+        if self.prediction_bounds is not None:
+            q = q.clamp(*self.prediction_bounds)
+        out_b = torch.bincount(key, weights=q, minlength=C * S).view(C, S)
+        self.out_sum.add_(out_b)
+        self._batch_stats(out_b / n_b.clamp(min=1), in_batch, z.numel())
+        self.squared_adjustment.add_(((q - zd) ** 2).sum())
+        self.cumulative_samples.add_(z.numel())
+        self.num_batches.add_(1)
+        torch.maximum(self.lambda_max, self.dual.dual("pooled_parity").max(), out=self.lambda_max)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("fair inference batch %d: size %d, lambda max %.4f",
+                         int(self.num_batches), z.numel(), float(self.lambda_max))
+        return q.to(scores.dtype).view(scores.shape)
+
+    def _dual_step(self, share: Tensor, seen: Tensor) -> None:
+        mean = self.raw_sum / self.count.clamp(min=1)
+        r = mean - self._offsets(share)
+        g, h = self._pair_g, self._pair_h
+        c = r[:, g] - r[:, h] - self.fairness_tolerance
+        # Pairs with a group not seen yet have no constraint value: NaN is masked out.
+        c = torch.where(seen[:, g] & seen[:, h], c, float("nan"))
+        self.dual._apply_dual_step([c.reshape(-1).to(self.dual.duals.dtype)])
+
+    def _shifts_batch(self, mean_b: Tensor, n_b: Tensor, in_batch: Tensor) -> Tensor:
+        """Exact projection of the batch alone: per-group shifts (no box)."""
+        target = band_project(mean_b, n_b, self.fairness_tolerance, in_batch)
+        return torch.where(in_batch, target - mean_b, 0.0)
+
+    def _shifts_stream(self, mean_b: Tensor, n_b: Tensor, in_batch: Tensor,
+                       seen: Tensor) -> Tensor:
+        """Smallest group shifts meeting (a) the batch band and (b) the pooled band."""
+        eps = self.fairness_tolerance
+        pooled_base = (self.out_sum + mean_b * n_b) / self.count.clamp(min=1)
+        scale = n_b / self.count.clamp(min=1)  # d pooled mean / d shift
+        multi = in_batch & (in_batch.sum(-1, keepdim=True) >= 2)
+        if self.pooled == "dual":
+            y = band_project(mean_b, n_b, eps, multi)
+            return torch.where(in_batch, y - mean_b, 0.0)
+        if self.num_groups == 2:
+            return self._two_group_shifts(mean_b, n_b, multi, pooled_base, scale, seen)
+        # Metric sum_g n_g delta_g^2; in pooled coordinates p = base + scale * delta.
+        w_pooled = torch.where(in_batch, n_b / scale.clamp(min=1e-300) ** 2, _PIN)
+
+        def proj_batch(d: Tensor) -> Tensor:
+            y = band_project(mean_b + d, n_b, eps, multi)
+            return torch.where(in_batch, y - mean_b, d)
+
+        def proj_pooled(d: Tensor) -> Tensor:
+            p = band_project(pooled_base + scale * d, w_pooled, eps, seen)
+            return torch.where(in_batch, (p - pooled_base) / scale.clamp(min=1e-300), d)
+
+        d = torch.zeros_like(mean_b)
+        inc_a = torch.zeros_like(d)
+        inc_b = torch.zeros_like(d)
+        for _ in range(self.dykstra_iters):
+            y = proj_batch(d + inc_a)
+            inc_a = d + inc_a - y
+            d_new = proj_pooled(y + inc_b)
+            inc_b = y + inc_b - d_new
+            d = d_new
+        return torch.where(in_batch, d, 0.0)
+
+    def _two_group_shifts(self, mean_b: Tensor, n_b: Tensor, multi: Tensor, pooled: Tensor,
+                          scale: Tensor, seen: Tensor) -> Tensor:
+        """(a) and (b) for two groups: an exact 2-variable QP per label class."""
+        eps = self.fairness_tolerance
+        inf = torch.full_like(mean_b[..., 0], math.inf)
+        gb = mean_b[..., 1] - mean_b[..., 0]
+        gp = pooled[..., 1] - pooled[..., 0]
+        both_b = multi.all(-1)
+        both_p = seen.all(-1)
+        one = torch.ones_like(gb)
+        rows = torch.stack([
+            torch.stack([-one, one], -1), torch.stack([one, -one], -1),
+            torch.stack([-scale[..., 0], scale[..., 1]], -1),
+            torch.stack([scale[..., 0], -scale[..., 1]], -1),
+        ], -2)
+        rhs = torch.stack([
+            torch.where(both_b, eps - gb, inf), torch.where(both_b, eps + gb, inf),
+            torch.where(both_p, eps - gp, inf), torch.where(both_p, eps + gp, inf),
+        ], -1)
+        w = torch.where(n_b > 0, n_b, torch.ones_like(n_b))
+        return two_slab_qp(w, rows, rhs)
+
+    def _batch_stats(self, mean_b: Tensor, in_batch: Tensor, size: int) -> None:
+        hi = torch.where(in_batch, mean_b, -math.inf).amax(-1)
+        lo = torch.where(in_batch, mean_b, math.inf).amin(-1)
+        defined = in_batch.sum(-1) >= 2
+        gap = torch.where(defined, hi - lo, 0.0).amax()
+        # A batch's gap is defined when some label class holds two or more groups.
+        weight = defined.any() * float(size)
+        self.weighted_gap_sum.add_(weight * gap)
+        self.weighted_gap_samples.add_(weight)
+        self.cumulative_weighted_violation.add_(weight * (gap - self.fairness_tolerance))
+
+    # ---------------------------------------------------------------- report
+    def stats(self) -> dict[str, Any]:
+        """Serving statistics (seed 001 names); reading them synchronises with the device."""
+        mean = self.out_sum / self.count.clamp(min=1)
+        seen = self.count > 0
+        gaps = []
+        for k in range(self.num_classes):
+            if int(seen[k].sum()) >= 2:
+                vals = mean[k][seen[k]]
+                gaps.append(float(vals.max() - vals.min()))
+        pooled = max(gaps) if gaps else math.nan
+        wn = float(self.weighted_gap_samples)
+        n = float(self.cumulative_samples)
+        t = self.dual_update_count
+        eta_0 = self.dual.param_groups[0]["lr"]
+        eta_t = self.dual.step_size(self.dual.param_groups[0], max(t, 1))
+        lam_max = float(self.lambda_max)
+        per_group = {}
+        for k in range(self.num_classes):
+            for s in range(self.num_groups):
+                name = f"group_{s}" if self.num_classes == 1 else f"label_{k}/group_{s}"
+                cnt = float(self.count[k, s])
+                per_group[name] = {
+                    "count": int(cnt),
+                    "mean_prediction": float(mean[k, s]) if cnt else math.nan,
+                    "mean_raw": float(self.raw_sum[k, s] / cnt) if cnt else math.nan,
+                }
+        return {
+            "weighted_avg_fairness_gap": float(self.weighted_gap_sum) / wn if wn else math.nan,
+            "pooled_aggregate_gap": pooled,
+            "aggregate_gap": pooled,
+            "per_group": per_group,
+            "lambda_max": lam_max,
+            "lambda_final": float(self.dual.duals.max()) if self.dual.m else 0.0,
+            "total_samples": int(n),
+            "num_batches": int(self.num_batches),
+            "fairness_tolerance": self.fairness_tolerance,
+            "cumulative_weighted_violation": float(self.cumulative_weighted_violation),
+            "mean_squared_adjustment": float(self.squared_adjustment) / n if n else math.nan,
+            "eta_0": eta_0,
+            # Seed 001's bound on the weighted average gap: eps + lambda_max / (eta_T N).
+            "theoretical_bound": (self.fairness_tolerance + lam_max / (eta_t * n)
+                                  if n and eta_t > 0 else math.inf),
+        }
+
+    def evaluate(self, loader: Iterable, criterion: torch.nn.Module | None = None,
+                 reset_before: bool = False) -> dict[str, Any]:
+        """Serve every batch of ``loader`` (``(x, y)`` or ``(x, groups, y)``) and report.
+
+        Returns seed 000's keys: ``test_loss`` (``criterion`` on the adjusted outputs, when
+        given), ``weighted_avg_fairness_gap``, ``pooled_aggregate_gap`` and the rest of
+        :meth:`stats`. The state is *not* reset unless ``reset_before=True``.
+        """
+        if reset_before:
+            self.reset()
+        total, n = 0.0, 0
+        for batch in loader:
+            if len(batch) == 3:
+                x, groups, y = batch
+                groups = groups.argmax(-1) if groups.dim() == 2 and groups.shape[1] > 1 \
+                    else groups
+            else:
+                x, y = batch
+                groups = None
+            labels = y if self.metric == "equalized_odds" else None
+            out = self.forward(x, groups, labels)
+            if criterion is not None:
+                total += float(criterion(out, y.view_as(out).to(out.dtype))) * len(x)
+                n += len(x)
+        result = self.stats()
+        result["test_loss"] = total / n if n else math.nan
+        return result

@@ -34,6 +34,8 @@ def band_project(x: Tensor, w: Tensor, eps: float | Tensor, present: Tensor) -> 
 
     ``w`` holds positive weights (zero or any value where not present). Returns ``y``.
     """
+    if x.shape[-1] == 2:
+        return _band_two(x, w, eps, present)
     big = torch.finfo(x.dtype).max / 4
     # Absent groups sit inside every band: give them no weight and no pull.
     w = torch.where(present, w, torch.zeros_like(w))
@@ -64,6 +66,16 @@ def band_project(x: Tensor, w: Tensor, eps: float | Tensor, present: Tensor) -> 
     best = cost.argmin(dim=-1, keepdim=True)
     y_best = torch.gather(y, -2, best.unsqueeze(-1).expand(*best.shape[:-1], 1, x.shape[-1]))
     return torch.where(present, y_best.squeeze(-2), x)
+
+
+def _band_two(x: Tensor, w: Tensor, eps: float | Tensor, present: Tensor) -> Tensor:
+    """Two groups in closed form: remove the excess of the gap, split inversely to weight."""
+    gap = x[..., 1] - x[..., 0]
+    excess = torch.sign(gap) * torch.clamp(gap.abs() - eps, min=0.0)
+    excess = torch.where(present.all(-1), excess, 0.0)
+    w0, w1 = w[..., 0], w[..., 1]
+    total = torch.where(present.all(-1), w0 + w1, 1.0)
+    return torch.stack([x[..., 0] + excess * w1 / total, x[..., 1] - excess * w0 / total], -1)
 
 
 def two_slab_qp(w: Tensor, rows: Tensor, rhs: Tensor) -> Tensor:

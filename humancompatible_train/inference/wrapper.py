@@ -291,6 +291,8 @@ class FairInference(torch.nn.Module):
         in_batch = n_b > 0
         if z.numel() >= self.b_tau:
             delta = self._shifts_batch(mean_b, n_b, in_batch)
+        elif z.numel() == 1 and self.pooled == "hard":
+            delta = self._shift_single(mean_b, in_batch, seen)
         else:
             delta = self._shifts_stream(mean_b, n_b, in_batch, seen)
         q = shifted + delta.view(-1)[key]
@@ -298,7 +300,8 @@ class FairInference(torch.nn.Module):
             q = q.clamp(*self.prediction_bounds)
         out_b = torch.bincount(key, weights=q, minlength=C * S).view(C, S)
         self.out_sum.add_(out_b)
-        self._batch_stats(out_b / n_b.clamp(min=1), in_batch, z.numel())
+        if z.numel() > 1:  # a single prediction has no batch gap
+            self._batch_stats(out_b / n_b.clamp(min=1), in_batch, z.numel())
         self.squared_adjustment.add_(((q - zd) ** 2).sum())
         self.cumulative_samples.add_(z.numel())
         self.num_batches.add_(1)
@@ -321,6 +324,20 @@ class FairInference(torch.nn.Module):
         """Exact projection of the batch alone: per-group shifts (no box)."""
         target = band_project(mean_b, n_b, self.fairness_tolerance, in_batch)
         return torch.where(in_batch, target - mean_b, 0.0)
+
+    def _shift_single(self, value: Tensor, in_batch: Tensor, seen: Tensor) -> Tensor:
+        """One prediction moves only its own group's pooled mean: a 1-D projection onto the
+        interval that keeps that mean within eps of every other seen group's."""
+        eps = self.fairness_tolerance
+        count = self.count.clamp(min=1)
+        pooled = (self.out_sum + value * in_batch) / count
+        others = seen & ~in_batch
+        lo = torch.where(others, pooled, -math.inf).amax(-1, keepdim=True) - eps
+        hi = torch.where(others, pooled, math.inf).amin(-1, keepdim=True) + eps
+        # Others already further apart than eps (only after a large batch): aim at the middle.
+        target = torch.where(lo <= hi, pooled.clamp(min=lo, max=hi), 0.5 * (lo + hi))
+        target = torch.where(others.any(-1, keepdim=True), target, pooled)
+        return torch.where(in_batch, (target - pooled) * count, 0.0)
 
     def _shifts_stream(self, mean_b: Tensor, n_b: Tensor, in_batch: Tensor,
                        seen: Tensor) -> Tensor:

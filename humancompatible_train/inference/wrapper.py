@@ -216,9 +216,17 @@ class FairInference(torch.nn.Module):
             out = self.model(x)
         return self.adjust(out, groups, labels)
 
+    @property
+    def _lam(self) -> Tensor:
+        return self.dual.param_groups[0]["params"][0]
+
     def _offsets(self, share: Tensor) -> Tensor:
         """nu[k, g] = sum_h (lambda[k, g, h] - lambda[k, h, g]) * share[k, h]."""
-        lam = self.dual.dual("pooled_parity").view(self.num_classes, -1).to(share)
+        lam = self._lam.view(self.num_classes, -1).to(share)
+        if self.num_groups == 2:
+            # pairs are (0, 1) and (1, 0): nu = (-theta * share_1, theta * share_0)
+            theta = lam[:, 1] - lam[:, 0]
+            return torch.stack([-theta * share[:, 1], theta * share[:, 0]], -1)
         g, h = self._pair_g, self._pair_h
         nu = torch.zeros_like(share)
         nu.index_add_(1, g, lam * share[:, h])
@@ -305,7 +313,7 @@ class FairInference(torch.nn.Module):
         self.squared_adjustment.add_(((q - zd) ** 2).sum())
         self.cumulative_samples.add_(z.numel())
         self.num_batches.add_(1)
-        torch.maximum(self.lambda_max, self.dual.dual("pooled_parity").max(), out=self.lambda_max)
+        torch.maximum(self.lambda_max, self._lam.max(), out=self.lambda_max)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("fair inference batch %d: size %d, lambda max %.4f",
                          int(self.num_batches), z.numel(), float(self.lambda_max))
@@ -318,7 +326,7 @@ class FairInference(torch.nn.Module):
         c = r[:, g] - r[:, h] - self.fairness_tolerance
         # Pairs with a group not seen yet have no constraint value: NaN is masked out.
         c = torch.where(seen[:, g] & seen[:, h], c, float("nan"))
-        self.dual._apply_dual_step([c.reshape(-1).to(self.dual.duals.dtype)])
+        self.dual._apply_dual_step([c.reshape(-1).to(self._lam.dtype)])
 
     def _shifts_batch(self, mean_b: Tensor, n_b: Tensor, in_batch: Tensor) -> Tensor:
         """Exact projection of the batch alone: per-group shifts (no box)."""

@@ -1,18 +1,19 @@
-"""Seed 000's small-batch inference example, adapted to humancompatible_train.
-
-Train with large batches through the exact per-batch projection (hard constraints), then
-serve a stream of small batches through FairInference. Only the imports and names changed
-(see docs/inference.md); set HCT_TUTORIAL_QUICK=1 for a short run.
 """
+Small-Batch Fair Inference with Primal-Dual Algorithm
+Train with large batches, deploy with streaming small batches.
 
+Seed 000's complete example; only the imports and the logging of the results changed (see
+docs/inference.md for the mapping). Set HCT_TUTORIAL_QUICK=1 for a short run.
+"""
 import logging
 import os
 
 import numpy as np
-import torch
 import torch.nn as nn
 import torch.optim as optim
+from sklearn.model_selection import train_test_split
 
+from humancompatible_train.fairness import create_dataloaders, create_stratified_dataloaders
 from humancompatible_train.inference import FairModel, FairTrainer
 
 logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -20,63 +21,88 @@ log = logging.getLogger("seed000")
 QUICK = os.environ.get("HCT_TUTORIAL_QUICK") == "1"
 
 # -----------------------------------------------------------------------------
-# Generate synthetic data (seed 000's generator)
+# Generate synthetic data
 # -----------------------------------------------------------------------------
 np.random.seed(42)
-n_samples, n_features = (6000 if QUICK else 20000), 20
+n_samples, n_features = (8000 if QUICK else 20000), 20
+# Protected attribute (col 0): 30% in group 1
 protected = np.random.binomial(1, 0.3, n_samples)
+# Features with some correlation to protected attribute
 X_features = np.random.randn(n_samples, n_features - 1)
 X_features[:, 0] += 0.3 * protected
+# Target with bias: group 1 more likely positive
 logits = X_features[:, 0] + X_features[:, 1] + 0.5 * protected
 y = (logits + np.random.randn(n_samples) * 0.5 > 0).astype(np.float32)
 X = np.hstack([protected.reshape(-1, 1), X_features]).astype(np.float32)
-log.info("Dataset: %d samples, Group 0: %d, Group 1: %d", n_samples, (1 - protected).sum(),
-         protected.sum())
+log.info(f"Dataset: {n_samples} samples, Group 0: {(1-protected).sum()}, "
+         f"Group 1: {protected.sum()}")
+log.info(f"Positive rate - Group 0: {y[protected==0].mean():.3f}, "
+         f"Group 1: {y[protected==1].mean():.3f}")
 
-# Train/val/test split: 60/20/20 (seed 000 uses sklearn's train_test_split)
-perm = np.random.RandomState(42).permutation(n_samples)
-tr, va, te = np.split(perm, [int(0.6 * n_samples), int(0.8 * n_samples)])
-X_train, y_train, X_val, y_val, X_test, y_test = X[tr], y[tr], X[va], y[va], X[te], y[te]
+# -----------------------------------------------------------------------------
+# Train/val/test split
+# -----------------------------------------------------------------------------
+X_train, X_temp, y_train, y_temp = train_test_split(X, y, test_size=0.4, random_state=42)
+X_val, X_test, y_val, y_test = train_test_split(X_temp, y_temp, test_size=0.5, random_state=42)
 
-batch_size_train = 2000 if not QUICK else 1000
-batch_size_inference = 64
-b_tau = batch_size_train
+# -----------------------------------------------------------------------------
+# Configuration
+# -----------------------------------------------------------------------------
+batch_size_train = 2000  # Large batches for training
+batch_size_inference = 64  # Small batches for inference
+b_tau = 2000
 fairness_tolerance = 0.05
-eta_0 = 0.5
+eta_0 = 0.5  # Initial dual step size. Increase for stricter compliance to constraints!
 
-
-def loader(Xs, ys, batch, shuffle=False):
-    ds = torch.utils.data.TensorDataset(torch.tensor(Xs), torch.tensor(ys))
-    return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=shuffle)
-
-
-torch.manual_seed(0)
-train_loader = loader(X_train, y_train, batch_size_train, shuffle=True)
-val_loader = loader(X_val, y_val, batch_size_train)
-
-model = FairModel(
-    input_dim=X.shape[1], hidden_dims=[64, 32], output_dim=1, protected_attr_idx=0,
-    prediction_bounds=(-10.0, 10.0), fairness_tolerance=fairness_tolerance, b_tau=b_tau,
-    eta_0=eta_0, fairness_metric="mean_pred",
+# Training dataloaders (large batches with stratification)
+train_loader, val_loader = create_stratified_dataloaders(
+    X_train, y_train, X_val, y_val,
+    protected_attr_idx=0,
+    batch_size_train=batch_size_train,
+    batch_size_eval=batch_size_train
 )
+
+# Test dataloader (small batches - simulates streaming)
+_, _, test_loader_small = create_dataloaders(
+    X_train, y_train, X_val, y_val, X_test, y_test,
+    batch_size_train=batch_size_train,
+    batch_size_eval=batch_size_inference
+)
+
+# -----------------------------------------------------------------------------
+# Create FairModel
+# -----------------------------------------------------------------------------
+model = FairModel(
+    input_dim=X.shape[1],
+    hidden_dims=[64, 32],
+    output_dim=1,
+    protected_attr_idx=0,
+    prediction_bounds=(-10.0, 10.0),
+    fairness_tolerance=fairness_tolerance,
+    b_tau=b_tau,
+    eta_0=eta_0,
+    fairness_metric='mean_pred'
+)
+log.info(f"Training: batch={batch_size_train} >= b_tau -> HARD constraints")
+log.info(f"Inference: batch={batch_size_inference} < b_tau -> PRIMAL-DUAL algorithm")
+
+# -----------------------------------------------------------------------------
+# Train (large batches with hard constraints)
+# -----------------------------------------------------------------------------
 criterion = nn.BCEWithLogitsLoss()
-optimizer = optim.Adam(model.parameters(), lr=0.001 if not QUICK else 0.003)
+optimizer = optim.Adam(model.parameters(), lr=0.001)
 trainer = FairTrainer(model, criterion, optimizer, early_stopping_patience=15)
-history = trainer.fit(train_loader, val_loader, epochs=30 if not QUICK else 10, verbose=1,
-                      log_interval=10)
+history = trainer.fit(train_loader, val_loader, epochs=30, verbose=1, log_interval=10)
 
-for batch in (1, 4, 16, 64):
-    test_loader_small = loader(X_test, y_test, batch)
-    metrics = trainer.evaluate(test_loader_small, reset_before=True)
-    log.info("batch %2d: test loss %.4f  weighted avg gap %.4f  pooled gap %.4f  "
-             "lambda max %.3f  mean sq. adjustment %.3f", batch, metrics["test_loss"],
-             metrics["weighted_avg_fairness_gap"], metrics["pooled_aggregate_gap"],
-             metrics["lambda_max"], metrics["mean_squared_adjustment"])
-    assert metrics["pooled_aggregate_gap"] <= fairness_tolerance + 0.005
-
-stats = model.get_aggregate_fairness_stats(loader(X_test, y_test, batch_size_inference),
-                                           reset_before=True)
-log.info("Aggregate Fairness Gap: %.4f (target %.2f), satisfied: %s", stats["aggregate_gap"],
-         fairness_tolerance, stats["aggregate_gap"] <= fairness_tolerance)
-log.info("Lambda max: %.4f  Total samples: %d, Num batches: %d", stats["lambda_max"],
-         stats["total_samples"], stats["num_batches"])
+# -----------------------------------------------------------------------------
+# Inference (small batches with primal-dual)
+# -----------------------------------------------------------------------------
+metrics = trainer.evaluate(test_loader_small)
+stats = model.get_aggregate_fairness_stats(test_loader_small, reset_before=True)
+log.info(f" Test Loss: {metrics['test_loss']:.4f}")
+log.info(f" Aggregate Fairness Gap: {stats['aggregate_gap']:.4f}")
+log.info(f" Target eps: {fairness_tolerance}")
+log.info(f" Constraint satisfied: {stats['aggregate_gap'] <= fairness_tolerance}")
+log.info(f" Lambda max: {stats['lambda_max']:.4f}")
+log.info(f" Total samples: {stats['total_samples']}, Num batches: {stats['num_batches']}")
+assert stats["aggregate_gap"] <= fairness_tolerance + 0.005

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._band import band_project
+from ..dual_optim._parity_solver import project_groups
 from .wrapper import FairInference
 
 __all__ = ["FairModel", "FairTrainer", "project_batch"]
@@ -24,21 +24,14 @@ __all__ = ["FairModel", "FairTrainer", "project_batch"]
 logger = logging.getLogger("humancompatible_train")
 
 
-def project_batch(z: Tensor, groups: Tensor, eps: float, num_groups: int) -> Tensor:
+def project_batch(z: Tensor, groups: Tensor, eps: float, num_groups: int,
+                  bounds: tuple[float, float] | None = None) -> Tensor:
     r"""Exact, differentiable projection of a batch onto
-    :math:`\{q: |\bar q_g - \bar q_h| \le \varepsilon\}`: the closest point (in
-    :math:`\ell_2`) shifts each present group by a constant, chosen by
-    :func:`~humancompatible_train.inference._band.band_project` on the group means with the
-    group sizes as weights. A batch with one group is returned unchanged.
-    """
-    flat = z.reshape(-1)
-    n = torch.bincount(groups, minlength=num_groups).to(flat.dtype)
-    sums = torch.zeros(num_groups, dtype=flat.dtype, device=flat.device).index_add(0, groups,
-                                                                                   flat)
-    mean = sums / n.clamp(min=1)
-    present = n > 0
-    target = band_project(mean, n, eps, present)
-    return (flat + (target - mean)[groups]).view_as(z)
+    :math:`\{q: |\bar q_g - \bar q_h| \le \varepsilon,\ lo \le q \le hi\}`
+    (:func:`~humancompatible_train.dual_optim._parity_solver.project_groups`). A batch with
+    one group is returned unchanged."""
+    q, _ = project_groups(z.reshape(-1), groups.reshape(-1), num_groups, 1, eps, bounds)
+    return q.view_as(z)
 
 
 class FairModel(torch.nn.Module):
@@ -95,10 +88,8 @@ class FairModel(torch.nn.Module):
         z = self.net(x)
         groups = self.groups_of(x)
         if self.training and not inference:
-            q = project_batch(z, groups, self.fairness_tolerance, self.num_groups)
-            if self.prediction_bounds is not None:
-                q = q.clamp(*self.prediction_bounds)
-            return q
+            return project_batch(z, groups, self.fairness_tolerance, self.num_groups,
+                                 self.prediction_bounds)
         return self.fair.adjust(z.detach(), groups)
 
     # seed 001's attribute names

@@ -46,7 +46,8 @@ import torch
 from torch import Tensor
 
 from ..dual_optim import PrimalDual
-from ._band import band_project, two_slab_qp
+from ..dual_optim._parity_solver import band_project, project_groups
+from ._band import two_slab_qp
 
 __all__ = ["FairInference"]
 
@@ -298,14 +299,17 @@ class FairInference(torch.nn.Module):
         mean_b = (s_b - nu * n_b) / n_b.clamp(min=1)  # batch means of the shifted values
         in_batch = n_b > 0
         if z.numel() >= self.b_tau:
-            delta = self._shifts_batch(mean_b, n_b, in_batch)
-        elif z.numel() == 1 and self.pooled == "hard":
-            delta = self._shift_single(mean_b, in_batch, seen)
+            # Large batch: the exact projection of this batch alone (box included).
+            q, _ = project_groups(shifted, key, C * S, C, self.fairness_tolerance,
+                                  self.prediction_bounds)
         else:
-            delta = self._shifts_stream(mean_b, n_b, in_batch, seen)
-        q = shifted + delta.view(-1)[key]
-        if self.prediction_bounds is not None:
-            q = q.clamp(*self.prediction_bounds)
+            if z.numel() == 1 and self.pooled == "hard":
+                delta = self._shift_single(mean_b, in_batch, seen)
+            else:
+                delta = self._shifts_stream(mean_b, n_b, in_batch, seen)
+            q = shifted + delta.view(-1)[key]
+            if self.prediction_bounds is not None:
+                q = q.clamp(*self.prediction_bounds)
         out_b = torch.bincount(key, weights=q, minlength=C * S).view(C, S)
         self.out_sum.add_(out_b)
         if z.numel() > 1:  # a single prediction has no batch gap
@@ -327,11 +331,6 @@ class FairInference(torch.nn.Module):
         # Pairs with a group not seen yet have no constraint value: NaN is masked out.
         c = torch.where(seen[:, g] & seen[:, h], c, float("nan"))
         self.dual._apply_dual_step([c.reshape(-1).to(self._lam.dtype)])
-
-    def _shifts_batch(self, mean_b: Tensor, n_b: Tensor, in_batch: Tensor) -> Tensor:
-        """Exact projection of the batch alone: per-group shifts (no box)."""
-        target = band_project(mean_b, n_b, self.fairness_tolerance, in_batch)
-        return torch.where(in_batch, target - mean_b, 0.0)
 
     def _shift_single(self, value: Tensor, in_batch: Tensor, seen: Tensor) -> Tensor:
         """One prediction moves only its own group's pooled mean: a 1-D projection onto the

@@ -44,7 +44,12 @@ ALGORITHMS: dict[str, Callable[[int, float | None], DualOptimizer | None]] = {
     "primal-dual": lambda m, lr: PrimalDual(m=m, eta_0=2.0 if lr is None else lr,
                                             is_ineq=True),
     "unconstrained": lambda m, lr: None,
+    # Hard constraints: the exact per-batch projection of the probabilities (built in
+    # _train_one, it needs the groups and the statistic rather than a constraint count).
+    "projection": lambda m, lr: None,
 }
+#: Constraints the projection enforces exactly (mean parity of probabilities, per label class).
+_PROJECTABLE = {"demographic_parity": "parity", "equalized_odds": "equalized_odds"}
 
 
 class UsageError(Exception):
@@ -134,6 +139,9 @@ def _validate(args: argparse.Namespace, algorithms: Sequence[str]) -> None:
     for a in algorithms:
         if a not in ALGORITHMS:
             raise UsageError(f"--algorithm: expected one of {sorted(ALGORITHMS)}, got {a!r}")
+        if a == "projection" and args.constraint not in _PROJECTABLE:
+            raise UsageError(f"--algorithm projection enforces {sorted(_PROJECTABLE)} on "
+                             f"probabilities, not {args.constraint!r}")
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}: expected a positive int, "
@@ -203,6 +211,23 @@ def _train_one(algorithm: str, data, fair: Fairness, args, progress) -> RunResul
     ).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     dual = ALGORITHMS[algorithm](fair.m, args.dual_lr)
+    proj = None
+    if algorithm == "projection":
+        from .dual_optim import FairProjection
+
+        # Probabilities projected into [1e-6, 1 - 1e-6] so that the log-loss stays finite.
+        proj = FairProjection(len(fair.group_names), args.eps, bounds=(1e-6, 1 - 1e-6),
+                              constraint=_PROJECTABLE[args.constraint])
+
+    def output(x: torch.Tensor, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Logits; through the projection (a whole batch at once) for hard constraints."""
+        logit = model(x)
+        if proj is None:
+            return logit
+        q, _ = proj.project(torch.sigmoid(logit).reshape(-1), s.argmax(-1) if s.dim() == 2
+                            else s, y.reshape(-1))
+        return torch.logit(q).view_as(logit)
+
     bce = torch.nn.BCEWithLogitsLoss()
     loader = torch.utils.data.DataLoader(tr.tensor_dataset(), batch_size=args.batch_size,
                                          shuffle=True,
@@ -214,7 +239,7 @@ def _train_one(algorithm: str, data, fair: Fairness, args, progress) -> RunResul
         for x, s, y in loader:
             x, s, y = x.to(dev), s.to(dev), y.to(dev)
             opt.zero_grad()
-            logit = model(x)
+            logit = output(x, s, y)
             loss = bce(logit, y)
             if dual is None:
                 loss.backward()
@@ -229,7 +254,7 @@ def _train_one(algorithm: str, data, fair: Fairness, args, progress) -> RunResul
         with torch.no_grad():
             row: dict[str, float] = {"epoch": epoch}
             for part, split in (("train", tr), ("val", va)):
-                logit = model(split.X.to(dev))
+                logit = output(split.X.to(dev), split.groups().to(dev), split.y.to(dev))
                 row[f"{part}_loss"] = float(bce(logit, split.y.to(dev)))
                 vals, _ = fair.values(logit, split.onehot().to(dev), split.y.to(dev))
                 for name, v in zip(fair.names, vals.reshape(-1).tolist()):
@@ -245,7 +270,8 @@ def _train_one(algorithm: str, data, fair: Fairness, args, progress) -> RunResul
                         f"{v:.3f}" for v in dual.duals.tolist()))
     result.seconds = time.perf_counter() - t0
     with torch.no_grad():
-        logit = model(te.X.to(dev)).cpu()
+        # The test split is served as one large batch (projected when training was).
+        logit = output(te.X.to(dev), te.groups().to(dev), te.y.to(dev)).cpu()
     result.test = fair.report(logit, te.groups(), te.y)
     result.test["train_gap"] = max(result.history[-1][f"train gap {n}"] for n in fair.names)
     result.test["scores"] = torch.sigmoid(logit).reshape(-1)

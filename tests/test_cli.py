@@ -44,6 +44,19 @@ def test_compare_and_decision_proxy(tmp_path):
     assert list(report["results"]) == ["unconstrained", "alm", "alm-hpr"]
 
 
+def test_projection_algorithm(tmp_path):
+    assert run(tmp_path, "compare", "--max-rows", "800", "--epochs", "1", "--algorithms",
+               "projection", "--no-plots") == 0
+    res = json.loads((tmp_path / "out" / "report.json").read_text())["results"]["projection"]
+    assert res["gap_probabilities"] <= 0.05 + 1e-4  # served as one batch: exact
+
+
+def test_projection_refuses_other_statistics(tmp_path, capsys):
+    assert run(tmp_path, "train", "--algorithm", "projection", "--constraint",
+               "predictive_parity") == 2
+    assert "--algorithm projection enforces" in capsys.readouterr().err
+
+
 def test_module_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "humancompatible_train", "train", "--max-rows",
                            "300", "--epochs", "1", "--no-plots", "--quiet", "--out",

@@ -1,13 +1,18 @@
 """GroupMetrics: exact accumulation, hand-checked values, p%-rule, distributed sums."""
 
+import datetime
 import math
 import os
+import socket
 import tempfile
+import time
 
+import hypothesis.strategies as st
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from hypothesis import given, settings
 
 from humancompatible_train.fairness import GroupMetrics
 
@@ -70,34 +75,159 @@ def test_errors():
         gm.update(torch.tensor([0.1]), torch.tensor([2]))
     with pytest.raises(ValueError, match="sens: expected 2 rows"):
         gm.update(torch.tensor([0.1, 0.2]), torch.tensor([0]))
-    with pytest.raises(ValueError, match="labels: expected 1 values in"):
+    with pytest.raises(ValueError, match=r"labels: expected values in \{0, 1\}, got \[2.0\]"):
         gm.update(torch.tensor([0.1]), torch.tensor([0]), torch.tensor([2]))
+    with pytest.raises(ValueError, match=r"pred: expected probabilities in \[0, 1\]"):
+        gm.update(torch.tensor([1.5]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="labels: give them with every batch or with none"):
+        gm.update(torch.tensor([0.1]), torch.tensor([0]), torch.tensor([1]))
+        gm.update(torch.tensor([0.1]), torch.tensor([0]))
+    gm.reset()
+    with pytest.raises(ValueError, match="metric: expected one of"):
+        gm.update(torch.tensor([0.1, 0.9]), torch.tensor([0, 1]))
+        gm.compute().difference("tpr")
     with pytest.raises(ValueError, match="method: expected"):
         gm.update(torch.tensor([0.1, 0.9]), torch.tensor([0, 1]))
         gm.compute().difference(method="sideways")
 
 
-def _worker(rank, world, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
+def _worker(rank, world, port, out_dir):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=60))
     try:
         p, g, y = data()
         part = slice(0, 600) if rank == 0 else slice(600, 1000)
-        gm = GroupMetrics(3, process_group=dist.group.WORLD)
+        gm = GroupMetrics(3)  # process_group="auto": sums over the initialised world
         gm.update(p[part], g[part], y[part])
         torch.save(gm.compute().by_group, os.path.join(out_dir, f"r{rank}.pt"))
+        local = GroupMetrics(3, process_group=None)
+        local.update(p[part], g[part], y[part])
+        torch.save(local.compute().by_group, os.path.join(out_dir, f"local{rank}.pt"))
         dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_distributed_counts_are_summed():
     with tempfile.TemporaryDirectory() as tmp:
-        mp.start_processes(_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2,
-                           join=True, start_method="spawn")
-        r0 = torch.load(os.path.join(tmp, "r0.pt"), weights_only=True)
-        r1 = torch.load(os.path.join(tmp, "r1.pt"), weights_only=True)
+        ctx = mp.start_processes(_worker, args=(2, _free_port(), tmp), nprocs=2, join=False,
+                                 start_method="spawn")
+        deadline = time.monotonic() + 120
+        while not ctx.join(timeout=5):
+            if time.monotonic() > deadline:
+                for proc in ctx.processes:
+                    proc.terminate()
+                pytest.fail("distributed workers did not finish within 120 s")
+        r0, r1, local0 = (torch.load(os.path.join(tmp, f), weights_only=True)
+                          for f in ("r0.pt", "r1.pt", "local0.pt"))
     p, g, y = data()
     whole = GroupMetrics(3)
     whole.update(p, g, y)
     assert r0 == r1 == whole.compute().by_group
+    assert local0["count"] != r0["count"]  # process_group=None does not sync
+
+
+@settings(max_examples=40, deadline=None)
+@given(cuts=st.lists(st.integers(0, 300), max_size=12), seed=st.integers(0, 1000))
+def test_any_batching_equals_one_shot_exactly(cuts, seed):
+    p, g, y = data(300, seed)
+    once = GroupMetrics(3)
+    once.update(p, g, y)
+    batched = GroupMetrics(3)
+    bounds = [0, *sorted(cuts), 300]
+    for a, b in zip(bounds, bounds[1:]):
+        batched.update(p[a:b], g[a:b], y[a:b])
+    assert torch.equal(once.counts, batched.counts)
+    ra, rb = once.compute(), batched.compute()
+    assert str(ra.by_group) == str(rb.by_group) and ra.overall == rb.overall
+
+
+def test_p_rule_differences_and_ratios_by_hand_for_three_groups():
+    # positive rates 1/4, 2/4, 3/4 on hard decisions
+    pred = torch.tensor([0.9, 0.1, 0.1, 0.1, 0.9, 0.9, 0.1, 0.1, 0.9, 0.9, 0.9, 0.1])
+    sens = torch.arange(12) // 4
+    gm = GroupMetrics(["x", "y", "z"])
+    gm.update(pred, sens)
+    r = gm.compute()
+    assert r.by_group["positive_rate"] == [0.25, 0.5, 0.75]
+    assert r.overall["positive_rate"] == 0.5
+    assert r.p_rule == pytest.approx(1 / 3)
+    assert r.group_min("positive_rate") == 0.25 and r.group_max("positive_rate") == 0.75
+    assert r.difference("positive_rate") == 0.5
+    assert r.difference("positive_rate", method="to_overall") == 0.25
+    assert r.ratio("positive_rate", method="to_overall") == pytest.approx(0.5)
+    assert set(r.difference()) == {"positive_rate", "mean_score"}
+    assert "33.3%" in str(r)
+
+
+def test_threshold_and_soft_metrics_by_hand():
+    gm = GroupMetrics(2, threshold=0.7)
+    gm.update(torch.tensor([0.8, 0.6, 0.2, 0.9]), torch.tensor([0, 0, 1, 1]),
+              torch.tensor([1, 1, 0, 1]))
+    r = gm.compute()
+    assert r.by_group["tpr"] == [0.5, 1.0]
+    assert r.by_group["soft_tpr"] == pytest.approx([0.7, 0.9])
+    assert r.by_group["soft_fpr"][1] == pytest.approx(0.2) and math.isnan(r.by_group["fpr"][0])
+    assert r.by_group["soft_ppv"] == pytest.approx([1.0, 0.9 / 1.1])
+    assert r.by_group["soft_accuracy"] == pytest.approx([0.7, (0.8 + 0.9) / 2])
+    assert r.by_group["base_rate"] == [1.0, 0.5]
+
+
+def test_intersections_and_per_attribute_p_rule():
+    gen = torch.Generator().manual_seed(2)
+    n = 500
+    sex, race = torch.randint(0, 2, (n,), generator=gen), torch.randint(0, 2, (n,), generator=gen)
+    p = torch.rand(n, generator=gen)
+    inter = GroupMetrics({"sex": ["f", "m"], "race": ["b", "w"]})
+    inter.update(p, torch.stack([sex, race], 1))
+    rep = inter.compute()
+    assert rep.group_names == ["f&b", "f&w", "m&b", "m&w"]
+    for name, attr in (("sex", sex), ("race", race)):
+        single = GroupMetrics(2)
+        single.update(p, attr)
+        marg = rep.by_attribute(name)
+        assert marg.by_group["count"] == single.compute().by_group["count"]
+        assert marg.p_rule == pytest.approx(single.compute().p_rule)
+    assert rep.by_attribute(1).group_names == ["b", "w"]
+    with pytest.raises(ValueError, match="attribute: expected one of"):
+        rep.by_attribute("age")
+
+
+def test_export_and_checkpoint():
+    p, g, y = data(100)
+    gm = GroupMetrics(["a", "b", "c"])
+    gm.update(p, g, y)
+    r = gm.compute()
+    d = r.to_dict()
+    assert d["groups"] == ["a", "b", "c"] and d["p_rule"] == r.p_rule
+    assert d["difference"]["tpr"] == r.difference("tpr")
+    frame = r.to_pandas()
+    assert frame.loc["overall", "accuracy"] == r.overall["accuracy"]
+    assert frame.loc["b", "fpr"] == r.by_group["fpr"][1]
+    state = gm.state_dict()
+    other = GroupMetrics(["a", "b", "c"])
+    other.load_state_dict(state)
+    gm.update(p, g, y)  # the saved state is a copy
+    assert other.compute().by_group == r.by_group
+
+
+def test_fairret_overlapping_columns_are_weights_and_overall_counts_each_row_once():
+    gen = torch.Generator().manual_seed(4)
+    n = 200
+    sex, race = torch.randint(0, 2, (n,), generator=gen), torch.randint(0, 2, (n,), generator=gen)
+    p = torch.rand(n, generator=gen)
+    sens = torch.cat([torch.nn.functional.one_hot(sex, 2),
+                      torch.nn.functional.one_hot(race, 2)], 1).float()  # fairret's layout
+    gm = GroupMetrics(["f", "m", "b", "w"])
+    gm.update(p, sens)
+    r = gm.compute()
+    single = GroupMetrics(2)
+    single.update(p, race)
+    assert r.overall["count"] == n and sum(r.by_group["count"]) == 2 * n
+    assert r.by_group["positive_rate"][2:] == single.compute().by_group["positive_rate"]

@@ -78,3 +78,84 @@ def test_seed_000_helpers():
     tr, va, te = create_dataloaders(X[:600], y[:600], X[600:800], y[600:800], X[800:], y[800:],
                                     batch_size_train=64, batch_size_eval=16)
     assert sum(len(x) for x, _ in te) == 200 and isinstance(next(iter(tr))[0], torch.Tensor)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(1, 120), min_size=1, max_size=5),
+       batch=st.integers(2, 64), seed=st.integers(0, 10))
+def test_oversampling_policy(sizes, batch, seed):
+    groups = np.repeat(np.arange(len(sizes)), sizes)
+    sampler = StratifiedBatchSampler(groups, batch, seed=seed)
+    T = len(sampler)
+    batches = list(sampler)
+    flat = np.concatenate(batches)
+    for g, size in enumerate(sizes):
+        mine = flat[groups[flat] == g]
+        assert set(mine.tolist()) == set(np.flatnonzero(groups == g).tolist())  # all, >= once
+        if size >= T:
+            assert len(mine) == size  # large groups: exactly once
+        else:
+            assert len(mine) == T and all((groups[b] == g).any() for b in batches)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(1, 120), min_size=1, max_size=5),
+       batch=st.integers(2, 64), seed=st.integers(0, 10))
+def test_drop_last_gives_full_batches_with_the_proportions(sizes, batch, seed):
+    groups = np.repeat(np.arange(len(sizes)), sizes)
+    n = len(groups)
+    if n < batch:
+        with pytest.raises(ValueError, match="drop_last=True needs at least one full batch"):
+            StratifiedBatchSampler(groups, batch, drop_last=True)
+        return
+    sampler = StratifiedBatchSampler(groups, batch, seed=seed, small_groups="allow",
+                                     drop_last=True)
+    batches = list(sampler)
+    assert len(batches) == n // batch
+    flat = np.concatenate(batches)
+    assert len(set(flat.tolist())) == len(flat)  # no row twice
+    for b in batches:
+        assert len(b) == batch
+        counts = np.bincount(groups[b], minlength=len(sizes))
+        share = np.array(sizes) * batch / n
+        assert np.all(counts >= np.floor(share)) and np.all(counts <= np.ceil(share))
+
+
+def test_single_member_group_is_oversampled():
+    groups = np.array([0] * 50 + [1])
+    batches = list(StratifiedBatchSampler(groups, 10, seed=0))
+    assert all(50 in b for b in batches) and len(batches) == 6
+
+
+def test_set_epoch_replays_an_epoch():
+    groups = np.arange(300) % 4
+    a = StratifiedBatchSampler(groups, 32, seed=3)
+    first, second = list(a), list(a)
+    b = StratifiedBatchSampler(groups, 32, seed=3)
+    b.set_epoch(1)
+    assert list(b) == second and first != second
+    with pytest.raises(ValueError, match="epoch: expected an int >= 0"):
+        b.set_epoch(-1)
+
+
+def test_argument_checks():
+    with pytest.raises(ValueError, match="batch_size: expected a positive int"):
+        StratifiedBatchSampler([0, 1], 0)
+    with pytest.raises(ValueError, match="small_groups: expected one of"):
+        StratifiedBatchSampler([0, 1], 1, small_groups="drop")
+    with pytest.raises(ValueError, match=r"groups: expected shape \(N,\) or \(N, attributes\)"):
+        StratifiedBatchSampler(np.zeros((2, 2, 2)), 1)
+
+
+def test_seed_000_helpers_with_two_protected_columns():
+    X = np.random.RandomState(1).randn(600, 4).astype(np.float32)
+    X[:, 0] = np.arange(600) % 2
+    X[:, 1] = (np.arange(600) // 2) % 3
+    train, val = create_stratified_dataloaders(X[:480], np.zeros(480), X[480:], np.zeros(120),
+                                               protected_attr_idx=[0, 1], batch_size_train=60,
+                                               batch_size_eval=40, drop_last=True)
+    for x, _ in train:
+        assert len(x) == 60 and len({(a, b) for a, b in x[:, :2].tolist()}) == 6
+    assert sum(len(x) for x, _ in val) == 120
+    with pytest.raises(ValueError, match="protected_attr_idx: expected column indices"):
+        create_stratified_dataloaders(X, X[:, 0], X, X[:, 0], protected_attr_idx=9)

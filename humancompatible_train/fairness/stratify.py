@@ -1,25 +1,42 @@
-"""Stratified batches: every batch carries the dataset's group proportions.
+r"""Stratified batches: every batch carries the dataset's group proportions.
 
-:class:`StratifiedBatchSampler` splits an epoch into ``T = ceil(N / batch_size)`` batches and
-gives group :math:`g` (with :math:`n_g` members) :math:`\\lfloor n_g/T \\rfloor` or
-:math:`\\lceil n_g/T \\rceil` places in every batch, so each batch holds the dataset's
-proportions to within one sample per group. The extra places are dealt round-robin across
-batches, group after group, so batch sizes differ by at most one: there is no ragged last
-batch, and every batch has ``floor(N/T)`` or ``ceil(N/T) <= batch_size`` rows (a few more
-when small groups are oversampled).
+:class:`StratifiedBatchSampler` first gives every group :math:`g` (with :math:`n_g` of the
+:math:`N` rows, share :math:`p_g = n_g/N`) a number of places :math:`a_g` per epoch, then
+splits them over the epoch's :math:`T` batches as :math:`\lfloor a_g/T \rfloor` or
+:math:`\lceil a_g/T \rceil` per batch. The extra places are dealt round-robin across batches,
+group after group, so batch sizes differ by at most one.
 
-A group with fewer members than batches cannot appear in every batch. ``small_groups``:
+**Last partial batch** (``drop_last``):
 
-* ``"oversample"`` (default): its members are drawn with replacement to fill one place per
-  batch (they then appear more than once per epoch; every other index exactly once);
-* ``"error"``: raise a ``ValueError`` naming the group;
-* ``"allow"``: it appears in only ``n_g`` batches.
+* ``False`` (default): :math:`T = \lceil N/B \rceil` batches for batch size :math:`B` and
+  :math:`a_g = n_g`: every row once per epoch, no ragged last batch -- all batches have
+  :math:`\lfloor N/T \rfloor` or :math:`\lceil N/T \rceil \le B` rows, and group :math:`g`
+  has :math:`\lfloor n_g/T \rfloor` or :math:`\lceil n_g/T \rceil` of them.
+* ``True``: :math:`T = \lfloor N/B \rfloor` batches of exactly :math:`B` rows, :math:`a_g`
+  the largest-remainder rounding of :math:`T B p_g`; group :math:`g` has
+  :math:`\lfloor p_g B \rfloor` or :math:`\lceil p_g B \rceil` rows in each batch, and the
+  :math:`N - TB` rows left out differ from epoch to epoch.
 
-Members are reshuffled every epoch from a seeded generator.
+Either way each batch holds the dataset's proportions to within one sample per group.
+
+**Groups too small** to appear in every batch (:math:`a_g < T`), ``small_groups``:
+
+* ``"oversample"`` (default): the group gets one place per batch; when it has fewer than
+  :math:`T` members they are drawn with replacement beyond the first pass (each appears at
+  least once per epoch, some twice or more; every other row as the policy above says). The
+  batches then hold a few more rows than above.
+* ``"error"``: raise a ``ValueError`` naming the group and its size;
+* ``"allow"``: it appears in only :math:`a_g` batches.
+
+Several attributes (an ``(N, A)`` array) are stratified by their intersections. Rows are
+reshuffled every epoch with the generator ``numpy.random.default_rng([seed, epoch])``: the
+epoch counter advances by one per pass and :meth:`StratifiedBatchSampler.set_epoch` sets it,
+so a resumed run sees the same batches as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -30,91 +47,135 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 __all__ = ["StratifiedBatchSampler", "create_stratified_dataloaders", "create_dataloaders"]
 
+logger = logging.getLogger("humancompatible_train")
+_POLICIES = ("oversample", "error", "allow")
 
-def _strata(groups: Any) -> np.ndarray:
-    g = np.asarray(groups.cpu() if isinstance(groups, torch.Tensor) else groups)
+
+def _as_array(groups: Any) -> np.ndarray:
+    g = np.asarray(groups.detach().cpu() if isinstance(groups, torch.Tensor) else groups)
     if g.ndim == 2 and g.shape[1] == 1:
         g = g[:, 0]
-    if g.ndim == 2:  # several attributes: their combinations are the strata
-        _, g = np.unique(g, axis=0, return_inverse=True)
-    if g.ndim != 1:
+    if g.ndim not in (1, 2):
         raise ValueError(f"groups: expected shape (N,) or (N, attributes), got {g.shape}")
-    _, ids = np.unique(g, return_inverse=True)
-    return ids.reshape(-1)
+    return g
+
+
+def _strata(g: np.ndarray) -> tuple[np.ndarray, list[Any]]:
+    """(stratum id per row, the group value(s) of every stratum)."""
+    if g.ndim == 2:  # several attributes: their combinations are the strata
+        values, ids = np.unique(g, axis=0, return_inverse=True)
+        return ids.reshape(-1), [tuple(v.tolist()) for v in values]
+    values, ids = np.unique(g, return_inverse=True)
+    return ids.reshape(-1), values.tolist()
+
+
+def _largest_remainder(target: np.ndarray, total: int) -> np.ndarray:
+    """Integers within one of ``target`` (each floor or ceil) that sum to ``total``."""
+    base = np.floor(target).astype(np.int64)
+    short = total - int(base.sum())
+    order = np.argsort(-(target - base), kind="stable")
+    base[order[:short]] += 1
+    return base
 
 
 class StratifiedBatchSampler(Sampler[list[int]]):
-    """Batches with the dataset's group proportions (see the module for the policy).
+    """Batches with the dataset's group proportions (see the module for the policies).
 
     Args:
-        groups: group id per row (N,), or one column per attribute (N, A) for intersections.
-        batch_size: the largest batch size.
-        seed: seeds the generator that reshuffles every epoch.
+        groups: group value per row (N,), or one column per attribute (N, A) for
+            intersections (any values: ids, strings, floats such as a column of ``X``).
+        batch_size: the batch size :math:`B`.
+        seed: seeds the per-epoch generators.
         small_groups: ``"oversample"``, ``"error"`` or ``"allow"``.
+        drop_last: ``False``: :math:`\\lceil N/B \rceil` balanced batches of at most :math:`B`
+            rows; ``True``: :math:`\\lfloor N/B \rfloor` batches of exactly :math:`B` rows.
     """
 
     def __init__(self, groups: Any, batch_size: int, *, seed: int = 0,
-                 small_groups: str = "oversample") -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+                 small_groups: str = "oversample", drop_last: bool = False) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
-        if small_groups not in ("oversample", "error", "allow"):
-            raise ValueError(f"small_groups: expected 'oversample', 'error' or 'allow', "
-                             f"got {small_groups!r}")
-        raw = groups.cpu().numpy() if isinstance(groups, torch.Tensor) else np.asarray(groups)
-        self.strata = _strata(raw)
-        n = len(self.strata)
+        if small_groups not in _POLICIES:
+            raise ValueError(f"small_groups: expected one of {_POLICIES}, got {small_groups!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed: expected an int >= 0, got {seed!r}")
+        raw = _as_array(groups)
+        n = len(raw)
         if n == 0:
-            raise ValueError("groups: empty")
-        self.batch_size = batch_size
-        self.num_batches = math.ceil(n / batch_size)
-        self.members = [np.flatnonzero(self.strata == s) for s in range(self.strata.max() + 1)]
+            raise ValueError("groups: expected at least one row, got none")
+        if drop_last and n < batch_size:
+            raise ValueError(f"batch_size: drop_last=True needs at least one full batch, got "
+                             f"batch_size={batch_size} for {n} rows")
+        self.strata, self.group_values = _strata(raw)
+        self.batch_size = int(batch_size)
+        self.drop_last = bool(drop_last)
+        self.num_batches = n // self.batch_size if drop_last else math.ceil(n / self.batch_size)
+        self.members = [np.flatnonzero(self.strata == s) for s in range(len(self.group_values))]
         self.small_groups = small_groups
-        labels = np.unique(raw if raw.ndim == 1 else raw.reshape(len(raw), -1), axis=0)
-        small = [(labels[s].tolist(), len(m)) for s, m in enumerate(self.members)
-                 if len(m) < self.num_batches]
+        self.seed = int(seed)
+        self.epoch = 0
+        sizes = np.array([len(m) for m in self.members], dtype=np.int64)
+        T = self.num_batches
+        if drop_last:
+            places = _largest_remainder(sizes * (T * self.batch_size / n), T * self.batch_size)
+        else:
+            places = sizes.copy()
+        small = [s for s in range(len(sizes)) if places[s] < T]
         if small and small_groups == "error":
             raise ValueError(
-                f"groups: {', '.join(f'group {g!r} has {k} rows' for g, k in small)}, fewer "
-                f"than the {self.num_batches} batches of an epoch; use small_groups="
-                "'oversample' or 'allow', or a larger batch_size"
+                "groups: " + ", ".join(
+                    f"group {self.group_values[s]!r} has {sizes[s]} rows"
+                    + (f" ({places[s]} places per epoch)" if drop_last else "")
+                    for s in small)
+                + f", fewer than the {T} batches of an epoch; use small_groups='oversample' "
+                "or 'allow', or a larger batch_size"
             )
-        self.rng = np.random.default_rng(seed)
+        if small and small_groups == "oversample":
+            places[small] = T
+            logger.info("StratifiedBatchSampler: oversampling %s to appear in each of %d "
+                        "batches", [self.group_values[s] for s in small], T)
+        self.places = places
+        self.quotas = self._quotas(places)
 
     def __len__(self) -> int:
         return self.num_batches
 
-    def _quotas(self) -> np.ndarray:
-        """(S, T) places per group and batch: floor/ceil of n_g / T, extras spread."""
+    def set_epoch(self, epoch: int) -> None:
+        """Use the shuffle of epoch ``epoch`` for the next pass."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch: expected an int >= 0, got {epoch!r}")
+        self.epoch = int(epoch)
+
+    def _quotas(self, places: np.ndarray) -> np.ndarray:
+        """(S, T) places per group and batch: floor/ceil of a_g / T, extras spread."""
         T = self.num_batches
-        quotas = np.zeros((len(self.members), T), dtype=np.int64)
+        quotas = np.zeros((len(places), T), dtype=np.int64)
         offset = 0
-        for s, m in enumerate(self.members):
-            n = len(m)
-            if n < T and self.small_groups == "oversample":
-                n = T
-            base, extra = divmod(n, T)
+        for s, a in enumerate(places):
+            base, extra = divmod(int(a), T)
             quotas[s] = base
             # Start each group's extras where the previous group's ended: balanced sizes.
-            idx = (offset + np.arange(extra)) % T
-            quotas[s, idx] += 1
+            quotas[s, (offset + np.arange(extra)) % T] += 1
             offset = (offset + extra) % T
         return quotas
 
     def __iter__(self) -> Iterator[list[int]]:
-        quotas = self._quotas()
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
         T = self.num_batches
         parts: list[list[np.ndarray]] = [[] for _ in range(T)]
         for s, m in enumerate(self.members):
-            need = int(quotas[s].sum())
-            pool = self.rng.permutation(m)
+            need = int(self.places[s])
+            pool = rng.permutation(m)
             if need > len(pool):
-                pool = np.concatenate([pool, self.rng.choice(m, need - len(pool))])
-            cuts = np.cumsum(quotas[s])[:-1]
+                pool = np.concatenate([pool, rng.choice(m, need - len(pool))])
+            pool = pool[:need]
+            cuts = np.cumsum(self.quotas[s])[:-1]
             for t, chunk in enumerate(np.split(pool, cuts)):
                 parts[t].append(chunk)
         for t in range(T):
-            batch = np.concatenate(parts[t])
-            yield self.rng.permutation(batch).tolist()
+            yield rng.permutation(np.concatenate(parts[t])).tolist()
 
 
 def _tensor(x: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -123,19 +184,37 @@ def _tensor(x: Any, dtype: torch.dtype = torch.float32) -> torch.Tensor:
 
 
 def create_stratified_dataloaders(
-    X_train: Any, y_train: Any, X_val: Any, y_val: Any, *, protected_attr_idx: int = 0,
-    batch_size_train: int = 256, batch_size_eval: int = 1024, seed: int = 0,
-    small_groups: str = "oversample",
+    X_train: Any, y_train: Any, X_val: Any, y_val: Any, *,
+    protected_attr_idx: int | Sequence[int] = 0, batch_size_train: int = 256,
+    batch_size_eval: int = 1024, seed: int = 0, small_groups: str = "oversample",
+    drop_last: bool = False,
 ) -> tuple[DataLoader, DataLoader]:
-    """Seed 000's helper: a training loader whose every batch has the training set's group
-    proportions (groups from column ``protected_attr_idx`` of ``X``), and a validation loader
-    in order, both yielding ``(x, y)``."""
-    Xt, yt = _tensor(X_train), _tensor(y_train)
-    groups = Xt[:, protected_attr_idx].round().long()
-    sampler = StratifiedBatchSampler(groups, batch_size_train, seed=seed,
-                                     small_groups=small_groups)
+    """Seed 000's helper: stratified training and validation loaders yielding ``(x, y)``.
+
+    The groups are the values of column ``protected_attr_idx`` of ``X`` (rounded to integers),
+    or the intersections of several columns when it is a sequence. The training loader uses
+    :class:`StratifiedBatchSampler` (``seed``, ``small_groups``, ``drop_last``; reshuffled
+    every epoch); the validation loader is stratified too, with every row exactly once per
+    pass (``small_groups="allow"``), so each validation batch also has the proportions.
+    """
+    Xt, yt, Xv, yv = _tensor(X_train), _tensor(y_train), _tensor(X_val), _tensor(y_val)
+    for name, X in (("X_train", Xt), ("X_val", Xv)):
+        if X.dim() != 2:
+            raise ValueError(f"{name}: expected a 2-D array (rows, features), got shape "
+                             f"{tuple(X.shape)}")
+    cols = [protected_attr_idx] if isinstance(protected_attr_idx, (int, np.integer)) \
+        else list(protected_attr_idx)
+    for c in cols:
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) \
+                or not -Xt.shape[1] <= c < Xt.shape[1]:
+            raise ValueError(f"protected_attr_idx: expected column indices of X_train "
+                             f"(0..{Xt.shape[1] - 1}), got {protected_attr_idx!r}")
+    sampler = StratifiedBatchSampler(Xt[:, cols].round().long(), batch_size_train, seed=seed,
+                                     small_groups=small_groups, drop_last=drop_last)
     train = DataLoader(TensorDataset(Xt, yt), batch_sampler=sampler)
-    val = DataLoader(TensorDataset(_tensor(X_val), _tensor(y_val)), batch_size=batch_size_eval)
+    val_sampler = StratifiedBatchSampler(Xv[:, cols].round().long(), batch_size_eval,
+                                         seed=seed, small_groups="allow")
+    val = DataLoader(TensorDataset(Xv, yv), batch_sampler=val_sampler)
     return train, val
 
 
@@ -143,7 +222,8 @@ def create_dataloaders(
     X_train: Any, y_train: Any, X_val: Any, y_val: Any, X_test: Any, y_test: Any, *,
     batch_size_train: int = 256, batch_size_eval: int = 1024, seed: int = 0,
 ) -> tuple[DataLoader, DataLoader, DataLoader]:
-    """Seed 000's helper: shuffled training loader, validation and test loaders in order."""
+    """Seed 000's helper: a shuffled training loader (seeded), validation and test loaders in
+    order, all yielding ``(x, y)``; no stratification (e.g. streaming inference batches)."""
     gen = torch.Generator().manual_seed(seed)
     train = DataLoader(TensorDataset(_tensor(X_train), _tensor(y_train)),
                        batch_size=batch_size_train, shuffle=True, generator=gen)

@@ -299,8 +299,9 @@ class FairInference(torch.nn.Module):
         mean_b = (s_b - nu * n_b) / n_b.clamp(min=1)  # batch means of the shifted values
         in_batch = n_b > 0
         if z.numel() >= self.b_tau:
-            # Large batch: the exact projection of this batch alone (box included).
-            q, _ = project_groups(shifted, key, C * S, C, self.fairness_tolerance,
+            # Large batch: the exact projection of the raw scores of this batch alone (the
+            # smallest change that meets eps, box included); the dual still learns from it.
+            q, _ = project_groups(zd, key, C * S, C, self.fairness_tolerance,
                                   self.prediction_bounds)
         else:
             if z.numel() == 1 and self.pooled == "hard":

@@ -2,8 +2,8 @@
 
 from .alm import ALM
 from .base import ConstraintsLike, DualOptimizer
-from .exact_projection import FairProjection, ProjectionInfo
 from .primal_dual import PrimalDual
+from .projection import FairProjection, ProjectionInfo
 
 __all__ = ["ALM", "ConstraintsLike", "DualOptimizer", "FairProjection", "PrimalDual",
            "ProjectionInfo"]

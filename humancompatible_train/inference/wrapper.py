@@ -46,8 +46,8 @@ import torch
 from torch import Tensor
 
 from ..dual_optim import PrimalDual
-from ..dual_optim._parity_solver import band_project, project_groups
-from ._band import two_slab_qp
+from ..dual_optim._projection_solver import project_groups
+from ._band import band_project, two_slab_qp
 
 __all__ = ["FairInference"]
 

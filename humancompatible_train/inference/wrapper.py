@@ -301,8 +301,15 @@ class FairInference(torch.nn.Module):
         if z.numel() >= self.b_tau:
             # Large batch: the exact projection of the raw scores of this batch alone (the
             # smallest change that meets eps, box included); the dual still learns from it.
-            q, _ = project_groups(zd, key, C * S, C, self.fairness_tolerance,
-                                  self.prediction_bounds)
+            if self.prediction_bounds is None:
+                # Without bounds the projection shifts whole groups: the closed-form band
+                # projection of the raw group means, weighted by the group sizes.
+                raw_mean = s_b / n_b.clamp(min=1)
+                target = band_project(raw_mean, n_b, self.fairness_tolerance, in_batch)
+                q = zd + torch.where(in_batch, target - raw_mean, 0.0).view(-1)[key]
+            else:
+                q, _ = project_groups(zd, key, C * S, C, self.fairness_tolerance,
+                                      self.prediction_bounds)
         else:
             if z.numel() == 1 and self.pooled == "hard":
                 delta = self._shift_single(mean_b, in_batch, seen)

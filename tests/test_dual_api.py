@@ -241,3 +241,10 @@ def test_overflowing_but_finite_values_pass_the_check():
     dual = ALM(2, lr=1e-38, is_ineq=True)
     dual.step(torch.tensor([3e38, 3e38]))  # the sum overflows, every entry is finite
     assert torch.isfinite(dual.duals).all()
+
+
+def test_the_base_class_needs_an_update_rule():
+    from humancompatible_train.dual_optim import DualOptimizer
+
+    with pytest.raises(TypeError, match="abstract"):
+        DualOptimizer(1, {"lr": 0.1})

@@ -23,6 +23,7 @@ the plain :math:`\lambda^\top c`, their Lagrangian term (:meth:`DualOptimizer._l
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -66,7 +67,7 @@ def _as_range(dual_range: Any, is_ineq: bool, where: str) -> tuple[float, float]
     return lo, hi
 
 
-class DualOptimizer(torch.optim.Optimizer):
+class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     r"""Base class of the dual optimizers: holds multipliers as ``param_groups``.
 
     Args:
@@ -302,6 +303,7 @@ class DualOptimizer(torch.optim.Optimizer):
         """Fresh per-group state (buffers, counters)."""
         return {"step": 0}
 
+    @abc.abstractmethod
     def _dual_step(
         self, group: dict[str, Any], state: dict[str, Any], c: Tensor
     ) -> dict[str, Tensor]:
@@ -311,7 +313,6 @@ class DualOptimizer(torch.optim.Optimizer):
         the results once every group has been computed, so an error leaves nothing half done.
         ``state["step"]`` is the number of steps taken before this one.
         """
-        raise NotImplementedError(f"{type(self).__name__} must define its dual update rule")
 
     def _lagrangian_term(self, group: dict[str, Any], duals: Tensor, c: Tensor) -> Tensor:
         r"""The group's term of the Lagrangian; the plain :math:`\lambda^\top c` by default."""

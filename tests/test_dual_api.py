@@ -248,3 +248,43 @@ def test_the_base_class_needs_an_update_rule():
 
     with pytest.raises(TypeError, match="abstract"):
         DualOptimizer(1, {"lr": 0.1})
+
+
+def test_gradient_accumulation_keeps_each_steps_multipliers():
+    # Two forward_updates before one backward: each Lagrangian keeps the multipliers of its
+    # own step, although the live multipliers change in place in between.
+    dual = ALM(2, lr=0.5, is_ineq=True)
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    first = dual.forward_update(torch.tensor(0.0), w * 1.0)   # lambda = [0.5, 1.0]
+    second = dual.forward_update(torch.tensor(0.0), w * 3.0)  # lambda = [2.0, 4.0]
+    (first + second).backward()
+    assert w.grad.tolist() == [0.5 * 1.0 + 2.0 * 3.0, 1.0 * 1.0 + 4.0 * 3.0]
+
+
+@pytest.mark.parametrize("check_finite", [True, False])
+def test_scalar_constraint_enters_the_lagrangian_with_its_multiplier(check_finite):
+    dual = PrimalDual(1, eta_0=0.5, decay="constant", is_ineq=True, check_finite=check_finite)
+    x = torch.tensor(0.8, requires_grad=True)
+    lagr = dual.forward_update(torch.tensor(1.0), x * 2.0)  # lambda = 0.5 * 1.6
+    lagr.backward()
+    assert lagr.item() == pytest.approx(1.0 + 0.8 * 1.6)
+    assert x.grad.item() == pytest.approx(0.8 * 2.0)
+    assert dual.forward(torch.tensor(0.0), x * 2.0).grad_fn is not None
+
+
+@pytest.mark.parametrize("make", [
+    lambda: PrimalDual(3, eta_0=0.5, decay="constant", is_ineq=True, check_finite=False),
+    lambda: ALM(3, lr=0.5, is_ineq=True, check_finite=False),
+    lambda: ALM(3, lr=0.5, is_ineq=True, momentum=0.5, check_finite=False),
+])
+def test_unchecked_mode_leaves_non_finite_entries_out(make):
+    dual = make()
+    dual.step(torch.tensor([1.0, 1.0, 1.0]))
+    before = dual.duals
+    x = torch.tensor([float("nan"), 1.0, float("-inf")], requires_grad=True)
+    lagr = dual.forward_update(torch.tensor(0.0), x * 1.0)
+    lagr.backward()
+    after = dual.duals
+    assert after[0] == before[0] and after[2] == before[2]
+    assert after[1] > before[1]
+    assert torch.isfinite(lagr) and x.grad.tolist() == [0.0, after[1].item(), 0.0]

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import DualOptimizer
+from .base import DualOptimizer, linear_term
 
 __all__ = ["ALM"]
 
@@ -131,30 +131,30 @@ class ALM(DualOptimizer):
         buf = torch.zeros(group["m"], device=self._device, dtype=self._dtype)
         return {"step": 0, "momentum_buffer": buf}
 
-    def _dual_step(
-        self, group: dict[str, Any], state: dict[str, Any], c: Tensor
-    ) -> dict[str, Tensor]:
+    def _dual_step(self, group: dict[str, Any], state: dict[str, Any], c: Tensor) -> None:
         duals = group["params"][0]
         damp = group["dampening"] or 0.0
-        new: dict[str, Tensor] = {}
+        lr = group["lr"]
         if group["momentum"] == 0.0:
-            # b = (1 - delta) c: skip the buffer arithmetic on the common path.
-            step = c if damp == 0.0 else c * (1.0 - damp)
+            # b = (1 - delta) c: fold the factor into the step size, no buffer arithmetic.
+            step, lr = c, lr * (1.0 - damp)
         else:
-            step = torch.add(state["momentum_buffer"] * group["momentum"], c, alpha=1.0 - damp)
-            new["momentum_buffer"] = step
-        lam = self._clamp(group, torch.add(duals, step, alpha=group["lr"]))
+            step = state["momentum_buffer"].mul_(group["momentum"]).add_(c, alpha=1.0 - damp)
+        self._clamp(group, duals.add_(step, alpha=lr))
         if group["restart"]:
-            lam = torch.where(c < 0, 0.0, lam)
-        new["duals"] = lam
-        return new
+            duals.masked_fill_(c < 0, 0.0)
 
     def _lagrangian_term(self, group: dict[str, Any], duals: Tensor, c: Tensor) -> Tensor:
         aug, rho = group["augmentation"], group["penalty"]
-        if aug is None:
-            return torch.dot(duals, c)
         if aug == "hpr" and group["is_ineq"]:
             shifted = torch.relu(duals + rho * c)
             return (shifted.square().sum() - duals.square().sum()) / (2.0 * rho)
+        linear = linear_term(duals, c)
+        if aug is None:
+            return linear
         violation = torch.relu(c) if group["is_ineq"] else c
-        return torch.dot(duals, c) + 0.5 * rho * violation.square().sum()
+        return linear + 0.5 * rho * violation.square().sum()
+
+    def _zero_step_is_identity(self, group: dict[str, Any]) -> bool:
+        # Without momentum, c = 0 gives clamp(lambda + 0) = lambda and no restart.
+        return group["momentum"] == 0.0

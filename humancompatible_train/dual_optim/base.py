@@ -67,6 +67,15 @@ def _as_range(dual_range: Any, is_ineq: bool, where: str) -> tuple[float, float]
     return lo, hi
 
 
+def linear_term(duals: Tensor, c: Tensor) -> Tensor:
+    r""":math:`\lambda^\top c` for a 1-D ``c``, or a 0-d ``c`` of a one-constraint group."""
+    if c.dim() == 0:
+        # A scalar constraint times a 0-d view of the multiplier: reshaping c instead would
+        # add a node to the autograd graph, which costs more than the product.
+        return c * duals.view(())
+    return torch.dot(duals, c)
+
+
 class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     r"""Base class of the dual optimizers: holds multipliers as ``param_groups``.
 
@@ -277,9 +286,13 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         ``dual_constraints``, which alone move the multipliers (Cotter et al., "Optimization
         with non-differentiable constraints...", ALT 2019).
         """
-        self._check_loss(loss)
+        if not isinstance(loss, Tensor) or loss.dim() != 0:
+            self._check_loss(loss)
         parts = self._split(constraints, "constraints")
-        self._update(parts, dual_constraints)
+        if dual_constraints is None:
+            self._apply_dual_step(parts)
+        else:
+            self._update(parts, dual_constraints)
         # Learning-rate schedulers check that the optimizer stepped before they do; this path
         # bypasses the profiling wrapper of ``step`` to keep the hot path short.
         self._opt_called = True
@@ -288,7 +301,7 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     def _update(self, parts: list[Tensor], dual_constraints: ConstraintsLike | None) -> None:
         if dual_constraints is not None:
             if self.check_finite:
-                self._check_finite(parts, "constraints")
+                self._check_finite([p.detach() for p in parts], "constraints")
             parts = self._split(dual_constraints, "dual_constraints")
         self._apply_dual_step(parts)
 
@@ -304,22 +317,29 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         return {"step": 0}
 
     @abc.abstractmethod
-    def _dual_step(
-        self, group: dict[str, Any], state: dict[str, Any], c: Tensor
-    ) -> dict[str, Tensor]:
-        """New values of the multipliers (key ``"duals"``) and of every tensor buffer.
+    def _dual_step(self, group: dict[str, Any], state: dict[str, Any], c: Tensor) -> None:
+        """One dual step of ``group``: update its multipliers and tensor buffers in place.
 
-        Pure: must not modify ``group``, ``state`` or the multipliers; the base class writes
-        the results once every group has been computed, so an error leaves nothing half done.
-        ``state["step"]`` is the number of steps taken before this one.
+        ``c`` is detached, validated and finite. The step must not raise: every check runs
+        before the first group is touched, which is what keeps an error from leaving some
+        groups updated and others not. ``state["step"]`` is the number of steps taken before
+        this one; the base class increments it.
         """
 
     def _lagrangian_term(self, group: dict[str, Any], duals: Tensor, c: Tensor) -> Tensor:
-        r"""The group's term of the Lagrangian; the plain :math:`\lambda^\top c` by default."""
-        return torch.dot(duals, c)
+        r"""The group's term of the Lagrangian; the plain :math:`\lambda^\top c` by default.
+
+        ``c`` is 1-D, or 0-d for a one-constraint group given as a scalar.
+        """
+        return linear_term(duals, c)
+
+    def _zero_step_is_identity(self, group: dict[str, Any]) -> bool:
+        """Whether a dual step on a constraint value of 0 leaves multipliers and buffers as
+        they are; then ``check_finite=False`` masks non-finite entries by zeroing them alone."""
+        return False
 
     def _clamp(self, group: dict[str, Any], duals: Tensor) -> Tensor:
-        """Clamp a *fresh* tensor of candidate multipliers to the group's range, in place."""
+        """Clamp multipliers to the group's range, in place."""
         lo, hi = group["dual_range"]
         if hi == math.inf:
             return duals if lo == -math.inf else duals.clamp_(min=lo)
@@ -330,8 +350,11 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         lagrangian = loss
         for group, c in zip(self.param_groups, parts):
             if not self.check_finite:
-                c = torch.where(torch.isfinite(c), c, 0.0)
-            duals = group["params"][0]
+                # One op whose gradient is zero at the non-finite entries.
+                c = torch.nan_to_num(c, nan=0.0, posinf=0.0, neginf=0.0)
+            # A snapshot of the multipliers: the graph must keep this step's values even when
+            # later dual steps (gradient accumulation) update the live tensor in place first.
+            duals = group["params"][0].clone()
             lagrangian = lagrangian + self._lagrangian_term(group, duals, c)
         return lagrangian
 
@@ -342,49 +365,60 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             values = self._average_over_processes(values)
         if self.check_finite:
             self._check_finite(values, "constraint values for the dual step")
-        # Compute every group's new state first, write afterwards: an error mid-way must not
-        # leave some groups updated and others not.
-        updates = []
+            step = self._dual_step
+        else:
+            step = self._masked_dual_step
+        state = self.state
         for group, c in zip(self.param_groups, values):
-            duals = group["params"][0]
-            state = self.state[duals]
-            valid = None
-            if not self.check_finite:
-                valid = torch.isfinite(c)
-                c = torch.where(valid, c, 0.0)
-            new = self._dual_step(group, state, c)
-            if valid is not None:
-                new = {
-                    k: torch.where(valid, v, duals if k == "duals" else state[k])
-                    for k, v in new.items()
-                }
-            updates.append((duals, state, new))
-        for duals, state, new in updates:
-            duals.copy_(new.pop("duals"))
-            state.update(new)
-            state["step"] += 1
+            group_state = state[group["params"][0]]
+            step(group, group_state, c)
+            group_state["step"] += 1
+
+    def _masked_dual_step(self, group: dict[str, Any], state: dict[str, Any], c: Tensor) -> None:
+        """The dual step with non-finite entries of ``c`` left out (``check_finite=False``)."""
+        zeroed = torch.nan_to_num(c, nan=0.0, posinf=0.0, neginf=0.0)
+        if self._zero_step_is_identity(group):
+            self._dual_step(group, state, zeroed)
+            return
+        duals = group["params"][0]
+        tensors = [duals] + [v for v in state.values()
+                             if isinstance(v, Tensor) and v.shape == duals.shape]
+        before = [t.clone() for t in tensors]
+        self._dual_step(group, state, zeroed)
+        invalid = ~torch.isfinite(c)
+        for t, old in zip(tensors, before):
+            t.copy_(torch.where(invalid, old, t))
 
     def _average_over_processes(self, values: list[Tensor]) -> list[Tensor]:
-        flat = torch.cat(values).clone()
+        flat = torch.cat([v.reshape(-1) for v in values])
         # SUM then divide: the gloo backend has no AVG reduction.
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.process_group)
         flat /= dist.get_world_size(self.process_group)
         return list(flat.split([g["m"] for g in self.param_groups]))
 
     def _check_finite(self, parts: list[Tensor], what: str) -> None:
+        """Raise a ValueError naming the group and index of a non-finite entry of the
+        *detached* ``parts``."""
         if not parts:
             return
-        flat = parts[0] if len(parts) == 1 else torch.cat(parts)
         # One reduction and one read instead of an element-wise test: the sum is finite
         # whenever every entry is (an overflowing sum falls through to the exact test below).
-        if math.isfinite(float(flat.detach().sum())):
+        # A single value is read as it is, without the reduction.
+        if len(parts) == 1:
+            total = parts[0]
+            if total.numel() != 1:
+                total = total.sum()
+        else:
+            total = sum(p.sum() for p in parts)
+        if math.isfinite(float(total)):
             return
         for group, p in zip(self.param_groups, parts):
-            bad = (~torch.isfinite(p.detach())).nonzero().flatten().tolist()
+            flat = p.detach().reshape(-1)
+            bad = (~torch.isfinite(flat)).nonzero().flatten().tolist()
             if bad:
                 raise ValueError(
                     f"{what}: non-finite value(s) in constraint group {group['name']!r} at "
-                    f"index {bad} (values {p.detach()[bad].tolist()}); no multiplier was changed"
+                    f"index {bad} (values {flat[bad].tolist()}); no multiplier was changed"
                 )
 
     @staticmethod
@@ -398,9 +432,23 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             )
 
     def _split(self, constraints: ConstraintsLike, arg: str) -> list[Tensor]:
-        """Constraint input in any accepted layout -> one 1-D tensor per group."""
-        if not self.param_groups:
+        """Constraint input in any accepted layout -> one tensor per group.
+
+        Each part is 1-D, or 0-d for a one-constraint group given as a scalar. Parts are the
+        given tensors or their splits, never reshaped copies: every view would be one more
+        node for autograd to walk on each step.
+        """
+        groups = self.param_groups
+        if not groups:
             raise ValueError(f"{type(self).__name__} has no constraint group yet")
+        if isinstance(constraints, Tensor) and len(groups) == 1:
+            # The common case (one group, one tensor) without building the layout lists.
+            group = groups[0]
+            if constraints.dim() == 1 and constraints.shape[0] == group["m"] or (
+                constraints.dim() == 0 and group["m"] == 1
+            ):
+                self._check_tensor(constraints, group, arg)
+                return [constraints]
         sizes = [g["m"] for g in self.param_groups]
         names = self.names
         if isinstance(constraints, Tensor):
@@ -411,7 +459,7 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
                     f"{' or a 0-d tensor' if total == 1 else ''} holding groups {names} "
                     f"of sizes {sizes} in order, got shape {tuple(constraints.shape)}"
                 )
-            flat = constraints.reshape(-1)
+            flat = constraints.reshape(1) if constraints.dim() == 0 else constraints
             if flat.numel() != total:
                 raise ValueError(
                     f"{arg}: expected {total} constraint values (groups {names} of sizes "
@@ -457,7 +505,7 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
                 f"{arg}: group {group['name']!r} expects shape ({group['m']},)"
                 f"{' or ()' if group['m'] == 1 else ''}, got {tuple(value.shape)}"
             )
-        return value.reshape(-1)
+        return value
 
     def _check_tensor(self, part: Tensor, group: dict[str, Any], arg: str) -> None:
         duals = group["params"][0]

@@ -87,8 +87,9 @@ class PrimalDual(DualOptimizer):
             return group["lr"] / math.sqrt(t)
         return float(group["lr"])
 
-    def _dual_step(
-        self, group: dict[str, Any], state: dict[str, Any], c: Tensor
-    ) -> dict[str, Tensor]:
+    def _dual_step(self, group: dict[str, Any], state: dict[str, Any], c: Tensor) -> None:
         eta = self.step_size(group, state["step"] + 1)
-        return {"duals": self._clamp(group, torch.add(group["params"][0], c, alpha=eta))}
+        self._clamp(group, group["params"][0].add_(c, alpha=eta))
+
+    def _zero_step_is_identity(self, group: dict[str, Any]) -> bool:
+        return True

@@ -135,8 +135,7 @@ class FairProjection(DualOptimizer):
         self._name = name
 
     # ------------------------------------------------------- the dual-optimizer API
-    def _dual_step(self, group: dict[str, Any], state: dict[str, Any], c: Tensor
-                   ) -> dict[str, Tensor]:
+    def _dual_step(self, group: dict[str, Any], state: dict[str, Any], c: Tensor) -> None:
         raise TypeError("FairProjection has no dual step: its multipliers are those of the "
                         "last project(z, groups)")
 

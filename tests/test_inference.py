@@ -245,7 +245,7 @@ def test_labels_required_for_equalized_odds():
     fi = FairInference(metric="equalized_odds")
     with pytest.raises(ValueError, match="needs labels"):
         fi.adjust(torch.zeros(4), torch.tensor([0, 1, 0, 1]))
-    with pytest.raises(ValueError, match="dual must be a PrimalDual with m"):
+    with pytest.raises(ValueError, match="dual must be a PrimalDual with 2 constraints"):
         FairInference(dual=PrimalDual(3))
 
 
@@ -263,3 +263,62 @@ def test_every_small_batch_and_the_pool_meet_eps(sizes, seed, shift):
             assert gap(q, g) <= EPS + 1e-7
         pooled = fi.stats()["pooled_aggregate_gap"]
         assert math.isnan(pooled) or pooled <= EPS + 1e-7
+
+
+# ----------------------------------------------------------------- mean residual
+def residual_stream(n=3000, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    g = (torch.rand(n, generator=gen) < 0.3).long()
+    y = (torch.rand(n, generator=gen) < 0.3 + 0.3 * g).double()
+    # Group 0 over-predicted by 0.1 on average, group 1 calibrated.
+    z = 0.4 + 0.2 * g + 0.1 * torch.randn(n, generator=gen, dtype=torch.float64)
+    return z, g, y
+
+
+def test_mean_residual_large_batch_is_the_per_group_clamp_of_its_mean():
+    z, g, y = residual_stream(200)
+    fi = FairInference(metric="mean_residual", b_tau=64, fairness_tolerance=EPS)
+    q = fi.adjust(z[:100], g[:100], y[:100])
+    for s in (0, 1):
+        m = g[:100] == s
+        resid = z[:100][m].mean() - y[:100][m].mean()
+        # Every member of the group moves by the same amount: the mean into ybar +/- eps.
+        expect = z[:100][m] - torch.sign(resid) * torch.clamp(resid.abs() - EPS, min=0)
+        torch.testing.assert_close(q[m], expect)
+    assert fi.stats()["weighted_avg_fairness_gap"] == pytest.approx(EPS, abs=1e-9)
+
+
+@pytest.mark.parametrize("batch", [1, 4, 16])
+def test_mean_residual_stream_meets_eps_pooled(batch):
+    z, g, y = residual_stream()
+    for pooled in ("dual", "hard"):
+        fi = FairInference(metric="mean_residual", b_tau=64, fairness_tolerance=EPS,
+                           pooled=pooled)
+        for i in range(0, len(z), batch):
+            fi.adjust(z[i:i + batch], g[i:i + batch], y[i:i + batch])
+        st = fi.stats()
+        # Without the correction the residual of group 0 is about 0.1.
+        assert st["pooled_aggregate_gap"] <= EPS + 1e-9
+        assert st["per_group"]["group_0"]["mean_label"] == pytest.approx(
+            y[g == 0].mean().item())
+        # The learned offset of group 0 is close to its excess residual 0.1 - eps.
+        lam = fi.lambda_dual
+        assert lam.shape == (2, 2)
+        assert lam[0, 0].item() == pytest.approx(0.05, abs=0.02)
+
+
+def test_mean_residual_hard_mode_holds_after_every_batch():
+    z, g, y = residual_stream(400, seed=3)
+    fi = FairInference(metric="mean_residual", b_tau=64, pooled="hard", fairness_tolerance=EPS)
+    for i in range(0, 400, 5):
+        fi.adjust(z[i:i + 5], g[i:i + 5], y[i:i + 5])
+        assert fi.stats()["pooled_aggregate_gap"] <= EPS + 1e-9
+
+
+def test_mean_residual_needs_finite_labels():
+    fi = FairInference(metric="mean_residual")
+    with pytest.raises(ValueError, match="needs labels"):
+        fi.adjust(torch.zeros(2), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="labels contain NaN"):
+        fi.adjust(torch.zeros(2), torch.tensor([0, 1]), torch.tensor([0.0, float("nan")]))
+    assert fi.stats()["total_samples"] == 0

@@ -46,14 +46,16 @@ import torch
 from torch import Tensor
 
 from ..dual_optim import PrimalDual
-from ..dual_optim._projection_solver import project_groups
+from ..dual_optim._projection_solver import project_cells, project_groups
 from ._band import band_project, two_slab_qp
 
 __all__ = ["FairInference"]
 
 logger = logging.getLogger("humancompatible_train")
 
-_METRICS = ("mean_pred", "equalized_odds")
+_METRICS = ("mean_pred", "equalized_odds", "mean_residual")
+# Metrics whose constraint involves labels, which every batch must then carry.
+_LABELLED = ("equalized_odds", "mean_residual")
 # Weight that pins a group's value inside a projection (groups that cannot move).
 _PIN = 1e12
 
@@ -68,8 +70,10 @@ class FairInference(torch.nn.Module):
         fairness_tolerance: :math:`\varepsilon \ge 0`.
         b_tau: batches of at least this size are projected exactly on their own.
         eta_0: initial dual step :math:`\eta_0` of the small-batch regime.
-        metric: ``"mean_pred"`` (mean-prediction parity) or ``"equalized_odds"`` (the same
-            parity within each label class; needs labels).
+        metric: ``"mean_pred"`` (mean-prediction parity), ``"equalized_odds"`` (the same
+            parity within each label class) or ``"mean_residual"`` (each group's mean
+            prediction within :math:`\varepsilon` of its mean label). The last two need
+            labels with every batch (evaluation streams).
         prediction_bounds: optional ``(lo, hi)`` clamp of the adjusted predictions (applied
             last; a binding bound can cost exactness).
         protected_attr_idx: column of ``x`` holding the group id, when ``groups`` is not
@@ -78,7 +82,9 @@ class FairInference(torch.nn.Module):
             model, for a warm start); its size must be ``C * S * (S - 1)``. Default: a new
             one with ``eta_0``.
         pooled: ``"hard"`` enforces the pooled constraint after every batch; ``"dual"``
-            leaves it to the multipliers (asymptotic only).
+            leaves it to the multipliers (asymptotic only). Default: ``"hard"``, except for
+            ``"mean_residual"``, where enforcing it from the first prediction would copy the
+            first labels of each group into the predictions.
         dykstra_iters: alternating-projection rounds for (a) and (b) together (used for
             three or more groups; two groups are solved exactly in closed form).
         group_shares: the groups' shares :math:`\pi` in the population (per label class for
@@ -99,7 +105,7 @@ class FairInference(torch.nn.Module):
         prediction_bounds: tuple[float, float] | None = None,
         protected_attr_idx: int | None = None,
         dual: PrimalDual | None = None,
-        pooled: str = "hard",
+        pooled: str | None = None,
         dykstra_iters: int = 50,
         dtype: torch.dtype = torch.float64,
         group_shares: Sequence[float] | Tensor | None = None,
@@ -113,6 +119,8 @@ class FairInference(torch.nn.Module):
             raise ValueError(f"b_tau must be a positive int, got {b_tau!r}")
         if metric not in _METRICS:
             raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
+        if pooled is None:
+            pooled = "dual" if metric == "mean_residual" else "hard"
         if pooled not in ("hard", "dual"):
             raise ValueError(f"pooled must be 'hard' or 'dual', got {pooled!r}")
         if prediction_bounds is not None:
@@ -131,16 +139,20 @@ class FairInference(torch.nn.Module):
         self.pooled = pooled
         self.dykstra_iters = int(dykstra_iters)
         self._dtype = dtype
+        self._residual = metric == "mean_residual"
         S, C = num_groups, self.num_classes
-        m = C * S * (S - 1)
+        # Residual: (mu_g - ybar_g - eps <= 0, ybar_g - mu_g - eps <= 0) per group; parity:
+        # mu_g - mu_h - eps <= 0 for every ordered pair, per label class.
+        m = 2 * S if self._residual else C * S * (S - 1)
         if dual is None:
             # check_finite=False: pairs whose groups have not been seen yet enter the dual
             # step as NaN and are masked out of it.
-            dual = PrimalDual(m, eta_0=eta_0, is_ineq=True, name="pooled_parity", dtype=dtype,
+            name = "pooled_residual" if self._residual else "pooled_parity"
+            dual = PrimalDual(m, eta_0=eta_0, is_ineq=True, name=name, dtype=dtype,
                               check_finite=False)
         elif not isinstance(dual, PrimalDual) or dual.m != m:
             raise ValueError(
-                f"dual must be a PrimalDual with m = C*S*(S-1) = {m} constraints "
+                f"dual must be a PrimalDual with {m} constraints for metric {metric!r} "
                 f"(C={C} label classes, S={S} groups), got "
                 f"{type(dual).__name__} with m={getattr(dual, 'm', None)}"
             )
@@ -176,20 +188,23 @@ class FairInference(torch.nn.Module):
     # ----------------------------------------------------------------- state
     @property
     def lambda_dual(self) -> Tensor:
-        """The multipliers, shape (C, S, S): ``[k, g, h]`` for mu_g - mu_h <= eps in class k."""
+        """The multipliers: shape (C, S, S), ``[k, g, h]`` for mu_g - mu_h <= eps in class k;
+        for ``"mean_residual"`` shape (S, 2), ``[g]`` = (upper, lower) side of group g."""
         S, C = self.num_groups, self.num_classes
-        lam = self.dual.dual("pooled_parity").detach().view(C, -1)
+        if self._residual:
+            return self._lam.detach().view(S, 2).clone()
+        lam = self._lam.detach().view(C, -1)
         mat = torch.zeros(C, S, S, dtype=lam.dtype, device=lam.device)
         mat[:, self._pair_g, self._pair_h] = lam
         return mat
 
     @property
     def dual_update_count(self) -> int:
-        return int(self.dual.state[self.dual.dual("pooled_parity")]["step"])
+        return int(self.dual.state[self._lam]["step"])
 
     def reset(self) -> None:
         """Zero the serving state (seed 001): multipliers, dual step count, every statistic."""
-        lam = self.dual.dual("pooled_parity")
+        lam = self._lam
         with torch.no_grad():
             lam.zero_()
         self.dual.state[lam]["step"] = 0
@@ -222,7 +237,11 @@ class FairInference(torch.nn.Module):
         return self.dual.param_groups[0]["params"][0]
 
     def _offsets(self, share: Tensor) -> Tensor:
-        """nu[k, g] = sum_h (lambda[k, g, h] - lambda[k, h, g]) * share[k, h]."""
+        """nu[k, g] = sum_h (lambda[k, g, h] - lambda[k, h, g]) * share[k, h]; for the
+        residual nu[0, g] = lambda_upper[g] - lambda_lower[g]."""
+        if self._residual:
+            lam = self._lam.view(-1, 2).to(share)
+            return (lam[:, 0] - lam[:, 1]).unsqueeze(0)
         lam = self._lam.view(self.num_classes, -1).to(share)
         if self.num_groups == 2:
             # pairs are (0, 1) and (1, 0): nu = (-theta * share_1, theta * share_0)
@@ -262,11 +281,17 @@ class FairInference(torch.nn.Module):
                 f"groups must lie in 0..{self.num_groups - 1}, got values "
                 f"{sorted(set(g.tolist()))}"
             )
-        if self.metric == "equalized_odds":
+        if self.metric in _LABELLED:
             if labels is None:
-                raise ValueError("metric 'equalized_odds' needs labels for every batch")
-            y = labels.reshape(-1)
-            if y.shape != flat.shape or not bool(((y == 0) | (y == 1)).all()):
+                raise ValueError(f"metric {self.metric!r} needs labels for every batch")
+            y = labels.reshape(-1) if isinstance(labels, Tensor) else None
+            if y is None or y.shape != flat.shape:
+                raise ValueError(f"labels must be a tensor of {flat.numel()} values, got "
+                                 f"{tuple(labels.shape) if y is not None else type(labels)}")
+            if self._residual:
+                if not bool(torch.isfinite(y).all()):
+                    raise ValueError("labels contain NaN or Inf; nothing was changed")
+            elif not bool(((y == 0) | (y == 1)).all()):
                 raise ValueError(f"labels must be {flat.numel()} values in {{0, 1}}")
         return flat, g
 
@@ -277,51 +302,38 @@ class FairInference(torch.nn.Module):
         S, C = self.num_groups, self.num_classes
         dt = self._dtype
         zd = z.to(dt)
-        if C == 2:
-            cls = labels.reshape(-1).long()  # type: ignore[union-attr]
-        else:
-            cls = torch.zeros_like(g)
-        key = cls * S + g
+        # Cell of each row: label class * S + group (the group alone with one class).
+        key = labels.reshape(-1).long() * S + g if C == 2 else g  # type: ignore[union-attr]
         n_b = torch.bincount(key, minlength=C * S).view(C, S).to(dt)
         s_b = torch.bincount(key, weights=zd, minlength=C * S).view(C, S)
+        y_b = None
+        if labels is not None:
+            y_b = torch.bincount(key, weights=labels.reshape(-1).to(dt),
+                                 minlength=C * S).view(C, S)
+            self.label_sum.add_(y_b)
         # Running raw statistics include this batch: the dual responds to it at once.
         self.count.add_(n_b)
         self.raw_sum.add_(s_b)
-        if labels is not None:
-            self.label_sum.add_(torch.bincount(key, weights=labels.reshape(-1).to(dt),
-                                               minlength=C * S).view(C, S))
         seen = self.count > 0
         share = self._shares if self._shares is not None else \
             self.count / self.count.sum(-1, keepdim=True).clamp(min=1)
-        self._dual_step(share, seen)
-        nu = self._offsets(share)
-        shifted = zd - nu[cls, g]
-        mean_b = (s_b - nu * n_b) / n_b.clamp(min=1)  # batch means of the shifted values
         in_batch = n_b > 0
+        self._dual_step(share, seen)
+        shifted = zd - self._offsets(share).view(-1)[key]
         if z.numel() >= self.b_tau:
             # Large batch: the exact projection of the raw scores of this batch alone (the
             # smallest change that meets eps, box included); the dual still learns from it.
-            if self.prediction_bounds is None:
-                # Without bounds the projection shifts whole groups: the closed-form band
-                # projection of the raw group means, weighted by the group sizes.
-                raw_mean = s_b / n_b.clamp(min=1)
-                target = band_project(raw_mean, n_b, self.fairness_tolerance, in_batch)
-                q = zd + torch.where(in_batch, target - raw_mean, 0.0).view(-1)[key]
-            else:
-                q, _ = project_groups(zd, key, C * S, C, self.fairness_tolerance,
-                                      self.prediction_bounds)
+            q = self._project_batch(zd, key, n_b, s_b, y_b, in_batch)
         else:
-            if z.numel() == 1 and self.pooled == "hard":
-                delta = self._shift_single(mean_b, in_batch, seen)
-            else:
-                delta = self._shifts_stream(mean_b, n_b, in_batch, seen)
-            q = shifted + delta.view(-1)[key]
+            q = self._serve_stream(shifted, key, n_b, in_batch, seen)
             if self.prediction_bounds is not None:
                 q = q.clamp(*self.prediction_bounds)
         out_b = torch.bincount(key, weights=q, minlength=C * S).view(C, S)
         self.out_sum.add_(out_b)
         if z.numel() > 1:  # a single prediction has no batch gap
-            self._batch_stats(out_b / n_b.clamp(min=1), in_batch, z.numel())
+            cnt = n_b.clamp(min=1)
+            self._batch_stats(out_b / cnt, in_batch, z.numel(),
+                              None if y_b is None else y_b / cnt)
         self.squared_adjustment.add_(((q - zd) ** 2).sum())
         self.cumulative_samples.add_(z.numel())
         self.num_batches.add_(1)
@@ -331,13 +343,58 @@ class FairInference(torch.nn.Module):
                          int(self.num_batches), z.numel(), float(self.lambda_max))
         return q.to(scores.dtype).view(scores.shape)
 
+    def _project_batch(self, zd: Tensor, key: Tensor, n_b: Tensor, s_b: Tensor,
+                       y_b: Tensor | None, in_batch: Tensor) -> Tensor:
+        """The exact projection of one batch onto its own constraint."""
+        S, C = self.num_groups, self.num_classes
+        eps = self.fairness_tolerance
+        if self._residual:
+            targets = y_b / n_b.clamp(min=1)  # type: ignore[operator]
+            return project_cells(zd, key, C, S, eps, self.prediction_bounds, targets).q
+        if self.prediction_bounds is None:
+            # Without bounds the projection shifts whole groups: the closed-form band
+            # projection of the raw group means, weighted by the group sizes.
+            raw_mean = s_b / n_b.clamp(min=1)
+            target = band_project(raw_mean, n_b, eps, in_batch)
+            return zd + torch.where(in_batch, target - raw_mean, 0.0).view(-1)[key]
+        return project_groups(zd, key, C * S, C, eps, self.prediction_bounds)[0]
+
+    def _serve_stream(self, shifted: Tensor, key: Tensor, n_b: Tensor, in_batch: Tensor,
+                      seen: Tensor) -> Tensor:
+        """Small batch: the offset scores, corrected so that the pooled constraint holds
+        (``pooled="hard"``) and, for the parity of means, the batch's own band too."""
+        S, C = self.num_groups, self.num_classes
+        eps = self.fairness_tolerance
+        if self.pooled == "dual" and self._residual:
+            return shifted
+        mean_b = torch.bincount(key, weights=shifted, minlength=C * S).view(C, S) \
+            / n_b.clamp(min=1)
+        if self._residual:
+            # Each group's pooled mean into its pooled label mean +/- eps: the smallest shift.
+            count = self.count.clamp(min=1)
+            pooled = (self.out_sum + mean_b * n_b) / count
+            ybar = self.label_sum / count
+            target = pooled.clamp(min=ybar - eps, max=ybar + eps)
+            delta = torch.where(in_batch, (target - pooled) * count / n_b.clamp(min=1), 0.0)
+        elif shifted.numel() == 1 and self.pooled == "hard":
+            delta = self._shift_single(mean_b, in_batch, seen)
+        else:
+            delta = self._shifts_stream(mean_b, n_b, in_batch, seen)
+        return shifted + delta.view(-1)[key]
+
     def _dual_step(self, share: Tensor, seen: Tensor) -> None:
-        mean = self.raw_sum / self.count.clamp(min=1)
-        r = mean - self._offsets(share)
-        g, h = self._pair_g, self._pair_h
-        c = r[:, g] - r[:, h] - self.fairness_tolerance
-        # Pairs with a group not seen yet have no constraint value: NaN is masked out.
-        c = torch.where(seen[:, g] & seen[:, h], c, float("nan"))
+        count = self.count.clamp(min=1)
+        if self._residual:
+            r = self.raw_sum / count - self._offsets(share)
+            ybar = self.label_sum / count
+            c = torch.stack([r - ybar, ybar - r], -1) - self.fairness_tolerance
+            c = torch.where(seen.unsqueeze(-1), c, float("nan"))
+        else:
+            r = self.raw_sum / count - self._offsets(share)
+            g, h = self._pair_g, self._pair_h
+            c = r[:, g] - r[:, h] - self.fairness_tolerance
+            # Pairs with a group not seen yet have no constraint value: NaN is masked out.
+            c = torch.where(seen[:, g] & seen[:, h], c, float("nan"))
         self.dual._apply_dual_step([c.reshape(-1).to(self._lam.dtype)])
 
     def _shift_single(self, value: Tensor, in_batch: Tensor, seen: Tensor) -> Tensor:
@@ -345,13 +402,13 @@ class FairInference(torch.nn.Module):
         interval that keeps that mean within eps of every other seen group's."""
         eps = self.fairness_tolerance
         count = self.count.clamp(min=1)
-        pooled = (self.out_sum + value * in_batch) / count
+        pooled = (self.out_sum + value) / count  # value is 0 outside the batch's cell
         others = seen & ~in_batch
         lo = torch.where(others, pooled, -math.inf).amax(-1, keepdim=True) - eps
         hi = torch.where(others, pooled, math.inf).amin(-1, keepdim=True) + eps
         # Others already further apart than eps (only after a large batch): aim at the middle.
+        # With no other group seen, lo = -inf and hi = inf leave the pooled mean as it is.
         target = torch.where(lo <= hi, pooled.clamp(min=lo, max=hi), 0.5 * (lo + hi))
-        target = torch.where(others.any(-1, keepdim=True), target, pooled)
         return torch.where(in_batch, (target - pooled) * count, 0.0)
 
     def _shifts_stream(self, mean_b: Tensor, n_b: Tensor, in_batch: Tensor,
@@ -410,12 +467,23 @@ class FairInference(torch.nn.Module):
         w = torch.where(n_b > 0, n_b, torch.ones_like(n_b))
         return two_slab_qp(w, rows, rhs)
 
-    def _batch_stats(self, mean_b: Tensor, in_batch: Tensor, size: int) -> None:
-        hi = torch.where(in_batch, mean_b, -math.inf).amax(-1)
-        lo = torch.where(in_batch, mean_b, math.inf).amin(-1)
-        defined = in_batch.sum(-1) >= 2
-        gap = torch.where(defined, hi - lo, 0.0).amax()
-        # A batch's gap is defined when some label class holds two or more groups.
+    def _gaps(self, value: Tensor, present: Tensor, target: Tensor | None) -> Tensor:
+        """Per label class: the largest gap between present groups' values, or for the
+        residual the largest distance of a value from its target; NaN where undefined."""
+        if self._residual:
+            dist = torch.where(present, (value - target).abs(), -math.inf)  # type: ignore[operator]
+            return torch.where(present.any(-1), dist.amax(-1), math.nan)
+        hi = torch.where(present, value, -math.inf).amax(-1)
+        lo = torch.where(present, value, math.inf).amin(-1)
+        return torch.where(present.sum(-1) >= 2, hi - lo, math.nan)
+
+    def _batch_stats(self, value_b: Tensor, in_batch: Tensor, size: int,
+                     target_b: Tensor | None) -> None:
+        gaps = self._gaps(value_b, in_batch, target_b)
+        defined = ~torch.isnan(gaps)
+        gap = torch.where(defined, gaps, 0.0).amax()
+        # A batch's gap is defined when some label class holds two or more groups (any
+        # group, for the residual).
         weight = defined.any() * float(size)
         self.weighted_gap_sum.add_(weight * gap)
         self.weighted_gap_samples.add_(weight)
@@ -424,14 +492,11 @@ class FairInference(torch.nn.Module):
     # ---------------------------------------------------------------- report
     def stats(self) -> dict[str, Any]:
         """Serving statistics (seed 001 names); reading them synchronises with the device."""
-        mean = self.out_sum / self.count.clamp(min=1)
-        seen = self.count > 0
-        gaps = []
-        for k in range(self.num_classes):
-            if int(seen[k].sum()) >= 2:
-                vals = mean[k][seen[k]]
-                gaps.append(float(vals.max() - vals.min()))
-        pooled = max(gaps) if gaps else math.nan
+        count = self.count.clamp(min=1)
+        mean = self.out_sum / count
+        gaps = self._gaps(mean, self.count > 0, self.label_sum / count)
+        gaps = gaps[~torch.isnan(gaps)]
+        pooled = float(gaps.max()) if gaps.numel() else math.nan
         wn = float(self.weighted_gap_samples)
         n = float(self.cumulative_samples)
         t = self.dual_update_count
@@ -448,6 +513,9 @@ class FairInference(torch.nn.Module):
                     "mean_prediction": float(mean[k, s]) if cnt else math.nan,
                     "mean_raw": float(self.raw_sum[k, s] / cnt) if cnt else math.nan,
                 }
+                if self._residual:
+                    per_group[name]["mean_label"] = \
+                        float(self.label_sum[k, s] / cnt) if cnt else math.nan
         return {
             "weighted_avg_fairness_gap": float(self.weighted_gap_sum) / wn if wn else math.nan,
             "pooled_aggregate_gap": pooled,
@@ -485,7 +553,7 @@ class FairInference(torch.nn.Module):
             else:
                 x, y = batch
                 groups = None
-            labels = y if self.metric == "equalized_odds" else None
+            labels = y if self.metric in _LABELLED else None
             out = self.forward(x, groups, labels)
             if criterion is not None:
                 total += float(criterion(out, y.view_as(out).to(out.dtype))) * len(x)

@@ -322,3 +322,38 @@ def test_mean_residual_needs_finite_labels():
     with pytest.raises(ValueError, match="labels contain NaN"):
         fi.adjust(torch.zeros(2), torch.tensor([0, 1]), torch.tensor([0.0, float("nan")]))
     assert fi.stats()["total_samples"] == 0
+
+
+# ------------------------------------------------------------------ positive rate
+def decision_rate_gap(q, g, t=0.5):
+    d = (q >= t).double()
+    return (d[g == 1].mean() - d[g == 0].mean()).abs().item()
+
+
+def test_positive_rate_large_batch_meets_eps_with_fewest_flips():
+    gen = torch.Generator().manual_seed(1)
+    g = (torch.rand(500, generator=gen) < 0.4).long()
+    z = torch.rand(500, generator=gen, dtype=torch.float64) * 0.8 + 0.3 * g
+    fi = FairInference(metric="positive_rate", b_tau=64, fairness_tolerance=EPS)
+    q = fi.adjust(z, g)
+    assert decision_rate_gap(z, g) > 0.2
+    assert decision_rate_gap(q, g) <= EPS + 1e-12
+    changed = q != z
+    # Only decisions were changed, each moved exactly to (or just below) the threshold.
+    assert bool(((q[changed] - 0.5).abs() < 1e-12).all())
+    assert fi.stats()["per_group"]["group_1"]["positive_rate"] == pytest.approx(
+        (q[g == 1] >= 0.5).double().mean().item())
+
+
+@pytest.mark.parametrize("batch", [1, 4, 16])
+def test_positive_rate_stream_meets_eps_pooled(batch):
+    gen = torch.Generator().manual_seed(2)
+    g = (torch.rand(2000, generator=gen) < 0.3).long()
+    z = torch.rand(2000, generator=gen, dtype=torch.float64) * 0.8 + 0.3 * g
+    fi = FairInference(metric="positive_rate", b_tau=64, fairness_tolerance=EPS)
+    for i in range(0, 2000, batch):
+        fi.adjust(z[i:i + batch], g[i:i + batch])
+    st = fi.stats()
+    assert st["pooled_aggregate_gap"] <= EPS + 1e-12
+    rates = [st["per_group"][f"group_{s}"]["positive_rate"] for s in (0, 1)]
+    assert abs(rates[1] - rates[0]) == pytest.approx(st["pooled_aggregate_gap"])

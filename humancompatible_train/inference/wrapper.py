@@ -48,12 +48,13 @@ from torch import Tensor
 from ..dual_optim import PrimalDual
 from ..dual_optim._projection_solver import project_cells, project_groups
 from ._band import band_project, two_slab_qp
+from ._decision_band import decision_band_project
 
 __all__ = ["FairInference"]
 
 logger = logging.getLogger("humancompatible_train")
 
-_METRICS = ("mean_pred", "equalized_odds", "mean_residual")
+_METRICS = ("mean_pred", "equalized_odds", "positive_rate", "mean_residual")
 # Metrics whose constraint involves labels, which every batch must then carry.
 _LABELLED = ("equalized_odds", "mean_residual")
 # Weight that pins a group's value inside a projection (groups that cannot move).
@@ -71,9 +72,11 @@ class FairInference(torch.nn.Module):
         b_tau: batches of at least this size are projected exactly on their own.
         eta_0: initial dual step :math:`\eta_0` of the small-batch regime.
         metric: ``"mean_pred"`` (mean-prediction parity), ``"equalized_odds"`` (the same
-            parity within each label class) or ``"mean_residual"`` (each group's mean
-            prediction within :math:`\varepsilon` of its mean label). The last two need
-            labels with every batch (evaluation streams).
+            parity within each label class), ``"positive_rate"`` (parity of the positive rate
+            of the decisions :math:`q \ge` ``threshold``) or ``"mean_residual"`` (each
+            group's mean prediction within :math:`\varepsilon` of its mean label). The last
+            two of these four need labels with every batch (evaluation streams).
+        threshold: decision threshold of ``"positive_rate"`` (ignored otherwise).
         prediction_bounds: optional ``(lo, hi)`` clamp of the adjusted predictions (applied
             last; a binding bound can cost exactness).
         protected_attr_idx: column of ``x`` holding the group id, when ``groups`` is not
@@ -109,6 +112,7 @@ class FairInference(torch.nn.Module):
         dykstra_iters: int = 50,
         dtype: torch.dtype = torch.float64,
         group_shares: Sequence[float] | Tensor | None = None,
+        threshold: float = 0.5,
     ) -> None:
         super().__init__()
         if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 2:
@@ -138,8 +142,11 @@ class FairInference(torch.nn.Module):
         self.protected_attr_idx = protected_attr_idx
         self.pooled = pooled
         self.dykstra_iters = int(dykstra_iters)
+        self.threshold = float(threshold)
         self._dtype = dtype
         self._residual = metric == "mean_residual"
+        self._decision = metric == "positive_rate"
+        self._is_mean_parity = not (self._residual or self._decision)
         S, C = num_groups, self.num_classes
         # Residual: (mu_g - ybar_g - eps <= 0, ybar_g - mu_g - eps <= 0) per group; parity:
         # mu_g - mu_h - eps <= 0 for every ordered pair, per label class.
@@ -167,6 +174,10 @@ class FairInference(torch.nn.Module):
         self.register_buffer("out_sum", z.clone())
         self.register_buffer("count", z.clone())
         self.register_buffer("label_sum", z.clone())
+        # positive_rate: positive decisions served, and those of the dual's response
+        # (the offset scores before the hard correction), which drive the dual step.
+        self.register_buffer("positive_sum", z.clone())
+        self.register_buffer("response_positive_sum", z.clone())
         if group_shares is None:
             self.register_buffer("_shares", None)
         else:
@@ -318,8 +329,16 @@ class FairInference(torch.nn.Module):
         share = self._shares if self._shares is not None else \
             self.count / self.count.sum(-1, keepdim=True).clamp(min=1)
         in_batch = n_b > 0
-        self._dual_step(share, seen)
-        shifted = zd - self._offsets(share).view(-1)[key]
+        if self._decision:
+            # The dual learns from the decisions its own offsets produce, so this batch's
+            # response comes first, with the offsets as they stand.
+            shifted = zd - self._offsets(share).view(-1)[key]
+            self.response_positive_sum.add_(torch.bincount(
+                key, weights=(shifted >= self.threshold).to(dt), minlength=C * S).view(C, S))
+            self._dual_step(share, seen)
+        else:
+            self._dual_step(share, seen)
+            shifted = zd - self._offsets(share).view(-1)[key]
         if z.numel() >= self.b_tau:
             # Large batch: the exact projection of the raw scores of this batch alone (the
             # smallest change that meets eps, box included); the dual still learns from it.
@@ -330,9 +349,14 @@ class FairInference(torch.nn.Module):
                 q = q.clamp(*self.prediction_bounds)
         out_b = torch.bincount(key, weights=q, minlength=C * S).view(C, S)
         self.out_sum.add_(out_b)
+        value_b = out_b
+        if self._decision:
+            value_b = torch.bincount(key, weights=(q >= self.threshold).to(dt),
+                                     minlength=C * S).view(C, S)
+            self.positive_sum.add_(value_b)
         if z.numel() > 1:  # a single prediction has no batch gap
             cnt = n_b.clamp(min=1)
-            self._batch_stats(out_b / cnt, in_batch, z.numel(),
+            self._batch_stats(value_b / cnt, in_batch, z.numel(),
                               None if y_b is None else y_b / cnt)
         self.squared_adjustment.add_(((q - zd) ** 2).sum())
         self.cumulative_samples.add_(z.numel())
@@ -348,6 +372,8 @@ class FairInference(torch.nn.Module):
         """The exact projection of one batch onto its own constraint."""
         S, C = self.num_groups, self.num_classes
         eps = self.fairness_tolerance
+        if self._decision:
+            return decision_band_project(zd, key, C, S, eps, self.threshold)
         if self._residual:
             targets = y_b / n_b.clamp(min=1)  # type: ignore[operator]
             return project_cells(zd, key, C, S, eps, self.prediction_bounds, targets).q
@@ -365,8 +391,12 @@ class FairInference(torch.nn.Module):
         (``pooled="hard"``) and, for the parity of means, the batch's own band too."""
         S, C = self.num_groups, self.num_classes
         eps = self.fairness_tolerance
-        if self.pooled == "dual" and self._residual:
+        if self.pooled == "dual" and not self._is_mean_parity:
             return shifted
+        if self._decision:
+            return decision_band_project(shifted, key, C, S, eps, self.threshold,
+                                         prior_count=self.count - n_b,
+                                         prior_pos=self.positive_sum)
         mean_b = torch.bincount(key, weights=shifted, minlength=C * S).view(C, S) \
             / n_b.clamp(min=1)
         if self._residual:
@@ -390,7 +420,10 @@ class FairInference(torch.nn.Module):
             c = torch.stack([r - ybar, ybar - r], -1) - self.fairness_tolerance
             c = torch.where(seen.unsqueeze(-1), c, float("nan"))
         else:
-            r = self.raw_sum / count - self._offsets(share)
+            if self._decision:
+                r = self.response_positive_sum / count
+            else:
+                r = self.raw_sum / count - self._offsets(share)
             g, h = self._pair_g, self._pair_h
             c = r[:, g] - r[:, h] - self.fairness_tolerance
             # Pairs with a group not seen yet have no constraint value: NaN is masked out.
@@ -494,7 +527,8 @@ class FairInference(torch.nn.Module):
         """Serving statistics (seed 001 names); reading them synchronises with the device."""
         count = self.count.clamp(min=1)
         mean = self.out_sum / count
-        gaps = self._gaps(mean, self.count > 0, self.label_sum / count)
+        value = self.positive_sum / count if self._decision else mean
+        gaps = self._gaps(value, self.count > 0, self.label_sum / count)
         gaps = gaps[~torch.isnan(gaps)]
         pooled = float(gaps.max()) if gaps.numel() else math.nan
         wn = float(self.weighted_gap_samples)
@@ -513,6 +547,9 @@ class FairInference(torch.nn.Module):
                     "mean_prediction": float(mean[k, s]) if cnt else math.nan,
                     "mean_raw": float(self.raw_sum[k, s] / cnt) if cnt else math.nan,
                 }
+                if self._decision:
+                    per_group[name]["positive_rate"] = \
+                        float(self.positive_sum[k, s] / cnt) if cnt else math.nan
                 if self._residual:
                     per_group[name]["mean_label"] = \
                         float(self.label_sum[k, s] / cnt) if cnt else math.nan

@@ -46,64 +46,47 @@ def variants(features: int, m: int) -> dict:
     bce = torch.nn.BCEWithLogitsLoss()
     out = {}
 
-    def plain():
+    def training_step(lagrangian):
+        # Every variant is the same step around its own objective, on its own model and
+        # optimizer; only what lagrangian(output) computes differs.
         model = make_model(features)
         opt = torch.optim.Adam(model.parameters(), 1e-3)
 
         def step():
             opt.zero_grad()
-            loss = bce(model(x), y)
-            loss.backward()
+            lagrangian(model(x)).backward()
             opt.step()
         return step
+
+    def plain():
+        return training_step(lambda o: bce(o, y))
     out["plain"] = plain()
 
     def penalty():
         # The same constraint values added with a fixed weight: what computing the
         # constraints costs by itself, without any dual optimizer.
-        model = make_model(features)
-        opt = torch.optim.Adam(model.parameters(), 1e-3)
         w = torch.full((m,), 0.01)
-
-        def step():
-            opt.zero_grad()
-            o = model(x)
-            (bce(o, y) + torch.dot(w, constraint_values(o, coef))).backward()
-            opt.step()
-        return step
+        return training_step(lambda o: bce(o, y) + torch.dot(w, constraint_values(o, coef)))
     out["fixed penalty (no dual)"] = penalty()
 
     def hand_written():
         # The floor for any dual optimizer: projected dual ascent written inline, with no
         # input checks, no finiteness test and no state bookkeeping.
-        model = make_model(features)
-        opt = torch.optim.Adam(model.parameters(), 1e-3)
         lam = torch.zeros(m)
 
-        def step():
-            opt.zero_grad()
-            o = model(x)
+        def lagrangian(o):
             c = constraint_values(o, coef)
             lam.add_(c.detach(), alpha=0.01).clamp_(min=0.0)
-            (bce(o, y) + torch.dot(lam, c)).backward()
-            opt.step()
-        return step
+            return bce(o, y) + torch.dot(lam, c)
+        return training_step(lagrangian)
     out["hand-written dual ascent"] = hand_written()
 
     def ours(cls, **kw):
-        # Each variant builds its model, optimizer and dual in its own scope, so the closure
-        # below cannot pick up another variant's objects.
-        model = make_model(features)
-        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        # Each variant builds its dual in its own scope, so the closure below cannot pick up
+        # another variant's objects.
         dual = cls(m=m, is_ineq=True, **kw)
-
-        def step():
-            opt.zero_grad()
-            o = model(x)
-            lagr = dual.forward_update(bce(o, y), constraint_values(o, coef))
-            lagr.backward()
-            opt.step()
-        return step
+        return training_step(
+            lambda o: dual.forward_update(bce(o, y), constraint_values(o, coef)))
     out["ours ALM"] = ours(ALM, lr=0.01)
     out["ours ALM (check_finite=False)"] = ours(ALM, lr=0.01, check_finite=False)
     out["ours PrimalDual"] = ours(PrimalDual, eta_0=0.5)

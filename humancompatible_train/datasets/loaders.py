@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, overload
+from typing import TYPE_CHECKING
 
 from ._core import (
     DEFAULT_MISSING,
@@ -89,26 +89,6 @@ def _finish(result: DatasetSplits, as_pandas: bool) -> DatasetSplits | dict[str,
     return result
 
 
-@overload
-def load_adult(
-    *,
-    sensitive: str | Sequence[str] = ...,
-    split: Sequence[float] = ...,
-    seed: int = ...,
-    max_rows: int | None = ...,
-    include_sensitive: bool = ...,
-    as_pandas: Literal[False] = ...,
-) -> DatasetSplits: ...
-@overload
-def load_adult(
-    *,
-    sensitive: str | Sequence[str] = ...,
-    split: Sequence[float] = ...,
-    seed: int = ...,
-    max_rows: int | None = ...,
-    include_sensitive: bool = ...,
-    as_pandas: Literal[True],
-) -> dict[str, pd.DataFrame]: ...
 def load_adult(
     *,
     sensitive: str | Sequence[str] = "sex",
@@ -155,26 +135,6 @@ def load_adult(
     return _finish(result, as_pandas)
 
 
-@overload
-def load_dutch(
-    *,
-    sensitive: str | Sequence[str] = ...,
-    split: Sequence[float] = ...,
-    seed: int = ...,
-    max_rows: int | None = ...,
-    include_sensitive: bool = ...,
-    as_pandas: Literal[False] = ...,
-) -> DatasetSplits: ...
-@overload
-def load_dutch(
-    *,
-    sensitive: str | Sequence[str] = ...,
-    split: Sequence[float] = ...,
-    seed: int = ...,
-    max_rows: int | None = ...,
-    include_sensitive: bool = ...,
-    as_pandas: Literal[True],
-) -> dict[str, pd.DataFrame]: ...
 def load_dutch(
     *,
     sensitive: str | Sequence[str] = "sex",
@@ -218,46 +178,6 @@ def load_dutch(
 _PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 
 
-@overload
-def load_csv(
-    path: str | os.PathLike[str] | pd.DataFrame,
-    *,
-    target: str,
-    sensitive: str | Sequence[str],
-    positive: str | float | None = ...,
-    features: Sequence[str] | None = ...,
-    drop: Sequence[str] = ...,
-    categorical: Sequence[str] = ...,
-    numerical: Sequence[str] = ...,
-    group_labels: Mapping[str, Mapping[str, str]] | None = ...,
-    include_sensitive: bool = ...,
-    missing_values: Sequence[str] = ...,
-    delimiter: str | None = ...,
-    split: Sequence[float] = ...,
-    seed: int = ...,
-    max_rows: int | None = ...,
-    as_pandas: Literal[False] = ...,
-) -> DatasetSplits: ...
-@overload
-def load_csv(
-    path: str | os.PathLike[str] | pd.DataFrame,
-    *,
-    target: str,
-    sensitive: str | Sequence[str],
-    positive: str | float | None = ...,
-    features: Sequence[str] | None = ...,
-    drop: Sequence[str] = ...,
-    categorical: Sequence[str] = ...,
-    numerical: Sequence[str] = ...,
-    group_labels: Mapping[str, Mapping[str, str]] | None = ...,
-    include_sensitive: bool = ...,
-    missing_values: Sequence[str] = ...,
-    delimiter: str | None = ...,
-    split: Sequence[float] = ...,
-    seed: int = ...,
-    max_rows: int | None = ...,
-    as_pandas: Literal[True],
-) -> dict[str, pd.DataFrame]: ...
 def load_csv(
     path: str | os.PathLike[str] | pd.DataFrame,
     *,

@@ -286,13 +286,9 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         ``dual_constraints``, which alone move the multipliers (Cotter et al., "Optimization
         with non-differentiable constraints...", ALT 2019).
         """
-        if not isinstance(loss, Tensor) or loss.dim() != 0:
-            self._check_loss(loss)
+        self._check_loss(loss)
         parts = self._split(constraints, "constraints")
-        if dual_constraints is None:
-            self._apply_dual_step(parts)
-        else:
-            self._update(parts, dual_constraints)
+        self._update(parts, dual_constraints)
         # Learning-rate schedulers check that the optimizer stepped before they do; this path
         # bypasses the profiling wrapper of ``step`` to keep the hot path short.
         self._opt_called = True

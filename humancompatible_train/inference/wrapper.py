@@ -146,7 +146,6 @@ class FairInference(torch.nn.Module):
         self._dtype = dtype
         self._residual = metric == "mean_residual"
         self._decision = metric == "positive_rate"
-        self._is_mean_parity = not (self._residual or self._decision)
         S, C = num_groups, self.num_classes
         # Residual: (mu_g - ybar_g - eps <= 0, ybar_g - mu_g - eps <= 0) per group; parity:
         # mu_g - mu_h - eps <= 0 for every ordered pair, per label class.
@@ -391,7 +390,7 @@ class FairInference(torch.nn.Module):
         (``pooled="hard"``) and, for the parity of means, the batch's own band too."""
         S, C = self.num_groups, self.num_classes
         eps = self.fairness_tolerance
-        if self.pooled == "dual" and not self._is_mean_parity:
+        if self.pooled == "dual" and (self._residual or self._decision):
             return shifted
         if self._decision:
             return decision_band_project(shifted, key, C, S, eps, self.threshold,
@@ -414,16 +413,16 @@ class FairInference(torch.nn.Module):
 
     def _dual_step(self, share: Tensor, seen: Tensor) -> None:
         count = self.count.clamp(min=1)
-        if self._residual:
+        # The primal response to the current offsets, per cell.
+        if self._decision:
+            r = self.response_positive_sum / count
+        else:
             r = self.raw_sum / count - self._offsets(share)
+        if self._residual:
             ybar = self.label_sum / count
             c = torch.stack([r - ybar, ybar - r], -1) - self.fairness_tolerance
             c = torch.where(seen.unsqueeze(-1), c, float("nan"))
         else:
-            if self._decision:
-                r = self.response_positive_sum / count
-            else:
-                r = self.raw_sum / count - self._offsets(share)
             g, h = self._pair_g, self._pair_h
             c = r[:, g] - r[:, h] - self.fairness_tolerance
             # Pairs with a group not seen yet have no constraint value: NaN is masked out.

@@ -357,3 +357,59 @@ def test_positive_rate_stream_meets_eps_pooled(batch):
     assert st["pooled_aggregate_gap"] <= EPS + 1e-12
     rates = [st["per_group"][f"group_{s}"]["positive_rate"] for s in (0, 1)]
     assert abs(rates[1] - rates[0]) == pytest.approx(st["pooled_aggregate_gap"])
+
+
+@pytest.mark.parametrize("other_means, z, expected", [
+    ((0.5, 0.55), 0.3, 3 * 0.45),  # interval [0.45, 0.6] for group 0's pooled mean: lower end
+    ((0.5, 0.55), 1.5, 1.5),  # inside: unchanged
+    ((0.5, 0.9), 0.3, 3 * 0.7),  # others 0.4 apart (> eps): the middle of 0.8 and 0.6
+])
+def test_single_prediction_by_hand(other_means, z, expected):
+    # eta_0 = 0: no offsets, so only the pooled correction acts; group 0 has served two
+    # predictions with mean 0, groups 1 and 2 two each with the given means.
+    fi = FairInference(num_groups=3, fairness_tolerance=0.1, eta_0=0.0)
+    fi.count.copy_(torch.tensor([[2.0, 2.0, 2.0]]))
+    sums = torch.tensor([[0.0, 2 * other_means[0], 2 * other_means[1]]], dtype=torch.float64)
+    fi.out_sum.copy_(sums)
+    fi.raw_sum.copy_(sums)
+    q = fi.adjust(torch.tensor([z], dtype=torch.float64), torch.tensor([0]))
+    assert q.item() == pytest.approx(expected, abs=1e-12)
+    assert fi.out_sum[0, 0].item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_single_prediction_with_no_other_group_seen_is_unchanged():
+    fi = FairInference(num_groups=3)
+    q = fi.adjust(torch.tensor([0.7], dtype=torch.float64), torch.tensor([2]))
+    assert q.item() == 0.7
+    with pytest.raises(ValueError, match=r"groups must lie in 0..2"):
+        fi.adjust(torch.tensor([0.7]), torch.tensor([-1]))
+
+
+def test_served_predictions_and_serving_state_are_ordinary_tensors():
+    # adjust() runs in inference mode; nothing it returns or keeps may be an inference tensor.
+    dual = PrimalDual(2, eta_0=0.5, is_ineq=True, dtype=torch.float64, check_finite=False)
+    fi = FairInference(dual=dual)
+    for b in (1, 3, 64):
+        q = fi.adjust(torch.linspace(0, 1, b), torch.arange(b) % 2)
+        assert not q.is_inference() and q.dtype == torch.float32
+        q.add_(1.0)  # in place, outside inference mode
+        w = torch.ones(b, requires_grad=True)
+        (w * q).sum().backward()
+        torch.testing.assert_close(w.grad, q)
+    assert not any(t.is_inference() for t in fi.buffers())
+    assert not dual.param_groups[0]["params"][0].is_inference()
+    # The same dual keeps training afterwards (its multipliers enter an autograd graph).
+    x = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+    dual.forward_update((x ** 2).sum(), x).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_a_float32_training_dual_serves_a_float64_wrapper():
+    dual = PrimalDual(2, eta_0=0.5, is_ineq=True, check_finite=False)  # float32 multipliers
+    with torch.no_grad():
+        dual.param_groups[0]["params"][0].copy_(torch.tensor([0.0, 0.4]))
+    fi = FairInference(dual=dual, group_shares=[0.5, 0.5])
+    q = fi.adjust(torch.tensor([0.5], dtype=torch.float64), torch.tensor([0]))
+    # nu_0 = (lambda_01 - lambda_10) * share_1 = -0.2: group 0 is lifted by 0.2 at once
+    assert q.item() == pytest.approx(0.7, abs=1e-6)
+    assert dual.duals.dtype == torch.float32

@@ -323,3 +323,82 @@ def test_errors():
     eo = FairProjection(2, 0.05, constraint="equalized_odds")
     with pytest.raises(ValueError, match=r"labels in \{0, 1\}"):
         eo.project(torch.tensor([0.2, 0.3]), torch.tensor([0, 1]), torch.tensor([0, 2]))
+
+
+# ------------------------------------------------------------------ breakpoint-sweep edges
+
+
+def _edge_instances():
+    """Small instances on the sweep's edge cases: ties between kinks, eps = 0, a group
+    entirely clipped, every prediction outside the box on one side, inputs on the bounds,
+    one row per group."""
+    rng = np.random.default_rng(11)
+    yield "ties", np.round(rng.normal(size=24), 1), rng.integers(0, 3, 24), 0.0, (-0.5, 0.6)
+    yield "ties-eps", np.round(rng.normal(size=24), 1), rng.integers(0, 3, 24), 0.1, (-0.5, 0.5)
+    z = rng.normal(size=20)
+    g = rng.integers(0, 3, 20)
+    z[g == 1] = 2.0 + rng.uniform(size=(g == 1).sum())  # group 1 entirely above hi
+    yield "clipped-group", z, g, 0.05, (-0.8, 0.9)
+    yield "all-above", 3 + np.abs(rng.normal(size=12)), rng.integers(0, 2, 12), 0.0, (-1.0, 1.0)
+    yield "all-below", -3 - np.abs(rng.normal(size=12)), rng.integers(0, 3, 12), 0.2, (-1.0, 1.0)
+    yield "on-bounds", np.clip(rng.normal(size=16) * 2, -0.7, 0.8), rng.integers(0, 2, 16), 0.0, \
+        (-0.7, 0.8)
+    yield "one-row-each", rng.normal(size=4) * 2, np.arange(4), 0.0, (-0.4, 0.9)
+    yield "eps-wide", rng.normal(size=10) * 3, rng.integers(0, 2, 10), 2.0, (-1.0, 0.5)
+
+
+@pytest.mark.parametrize("name,z,g,eps,bounds", list(_edge_instances()),
+                         ids=[c[0] for c in _edge_instances()])
+def test_sweep_edge_cases_against_scipy(name, z, g, eps, bounds):
+    S = int(g.max()) + 1
+    proj = FairProjection(S, eps, bounds=bounds, dtype=torch.float64)
+    q, info = proj.project(torch.tensor(z), torch.tensor(g))
+    q = q.numpy()
+    present = [s for s in range(S) if (g == s).any()]
+    means = np.array([q[g == s].mean() for s in present])
+    assert means.max() - means.min() <= eps + 1e-9
+    assert q.min() >= bounds[0] and q.max() <= bounds[1]
+    res = scipy_projection(z, [[g == s for s in present]], eps, bounds)
+    if res.success:
+        assert_matches_scipy(q, z, res)
+    check_kkt(q, z, g, proj.duals.numpy(), eps, bounds, present)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_many_groups_box_active_is_optimal(seed):
+    """18 groups, box active: feasible and the returned multipliers certify optimality
+    (the KKT conditions are sufficient for this convex problem)."""
+    rng = np.random.default_rng(seed)
+    z = np.round(rng.normal(size=300) * 1.5 + rng.normal(), 1)  # with ties
+    g = rng.integers(0, 18, size=300)
+    bounds, eps = (-0.6, 0.7), 0.01 * seed
+    proj = FairProjection(18, eps, bounds=bounds, dtype=torch.float64)
+    q, info = proj.project(torch.tensor(z), torch.tensor(g))
+    assert bool(info.box_active)
+    q = q.numpy()
+    means = np.array([q[g == s].mean() for s in range(18)])
+    assert means.max() - means.min() <= eps + 1e-9
+    check_kkt(q, z, g, proj.duals.numpy(), eps, bounds, list(range(18)), tol=1e-9)
+
+
+def test_equalized_odds_many_groups_against_scipy():
+    rng = np.random.default_rng(5)
+    N, S, eps, bounds = 40, 6, 0.0, (-0.3, 0.5)
+    z = rng.normal(size=N) * 1.5
+    g = rng.integers(0, S, size=N)
+    y = rng.integers(0, 2, size=N)
+    proj = FairProjection(S, eps, bounds=bounds, constraint="equalized_odds",
+                          dtype=torch.float64)
+    q, info = proj.project(torch.tensor(z), torch.tensor(g), torch.tensor(y))
+    assert bool(info.box_active)
+    q = q.numpy()
+    classes = [[(g == s) & (y == k) for s in range(S) if ((g == s) & (y == k)).any()]
+               for k in (0, 1)]
+    for cls in classes:
+        means = [q[c].mean() for c in cls]
+        assert max(means) - min(means) <= eps + 1e-9
+    res = scipy_projection(z, classes, eps, bounds)
+    if res.success:
+        assert_matches_scipy(q, z, res)
+    alpha = (info.counts * info.shifts).sum(-1)
+    assert alpha.abs().max() <= 1e-9 * (1 + info.multipliers.sum())

@@ -41,23 +41,34 @@ Its kinks are the values of :math:`M_c` at the kinks of :math:`M_c` (and those m
 
 Algorithm (exact: it terminates with the root, no tolerance):
 
-* **No box.** :math:`M_c(\delta) = m_c + \delta`; the kinks are the :math:`2S` values
-  :math:`m_c, m_c - \varepsilon`. ``F`` is evaluated at all of them at once, the bracket
-  between consecutive kinks holding the root is read off with a masked max/min (no sort), and
-  one Newton step from the bracket's midpoint lands on the root (``F`` is affine there).
-  Cost :math:`O(N + S^2)`.
-* **Box.** The :math:`2N` kinks :math:`lo - z_i, hi - z_i` are sorted once per cell and
-  :math:`M_c` at them follows from a cumulative sum of slopes. ``F`` at any ``t`` takes one
-  segmented ``searchsorted`` per cell. The root is bracketed by evaluating ``F`` (its left
-  limit) at every kink, or, for larger problems, at every ``k``-th kink (``k`` about
-  :math:`\sqrt{2N / C}`) and then at the fewer than ``k`` kinks of each cell inside that
-  bracket. The result is an interval ``(a, b)`` free of kinks, on which every
-  :math:`\delta_c` is affine: the root and the shifts follow by linear interpolation between
-  the right limit at ``a`` and the left limit at ``b``. When the root sits on a jump (at
-  ``a``), the flat cells' shifts are interpolated between the two limits so that
-  :math:`\sum_c\alpha_c = 0` holds exactly. Kinks enter as exact pairs
-  ``(x, x + eps)`` so that rounding cannot move a candidate across a jump. Cost: one sort of
-  :math:`2N` keys plus :math:`O((N/k + Ck)\,S\log N)` lookups.
+* **No box.** :math:`M_c(\delta) = m_c + \delta`; the kinks of ``F`` are the :math:`2S` values
+  :math:`m_c, m_c - \varepsilon`. They are sorted (a tiny sort), ``F`` is evaluated at all of
+  them at once, and since ``F`` is affine between consecutive kinks the root is the linear
+  interpolation across its first rise above 0. Cost :math:`O(N + S^2)`.
+* **Box.** Each cell's :math:`\alpha_c(t) = n_c\delta_c(t)` is a monotone polyline in the
+  :math:`(t, \alpha)` plane. Its points come from one sort of the :math:`2N + 2C` events by
+  (cell, :math:`\delta`) (an integer key: the order-preserving bits of :math:`\delta` with the
+  cell above them): every row's kinks :math:`lo - z_i, hi - z_i` and two zero events per cell
+  at :math:`\delta = 0`. :math:`n_c M_c` at the events is a cumulative sum of (rows inside the
+  box) x (kink spacing); an event before its cell's second zero event sits at
+  :math:`t = M_c - \varepsilon` (branch :math:`\delta < 0`), the others at :math:`t = M_c`, so
+  the two zero events bound the dead zone :math:`[m_c - \varepsilon, m_c]` (:math:`\alpha = 0`)
+  and :math:`t` is non-decreasing along each cell. A segment with equal ``t`` at both ends (a
+  cell with every row on the box) is a jump of ``F``. A stable sort by ``t`` (a merge of the
+  per-cell runs) then sweeps all points of a class: the slope of ``F`` is a cumulative sum of
+  the segments' slope changes and ``F`` after each point a cumulative sum of slope x spacing
+  plus jumps, starting from :math:`\sum_c \alpha_c` at the cells' first points (all rows at
+  ``lo``), so ``F`` is non-decreasing along the sweep. With ``q`` the first point where
+  ``F > 0``, ``F`` rises linearly after point ``q - 1`` and then takes point ``q``'s own step:
+  the root is the interpolated ``t`` inside, or ``t = T_q`` with the part of that step (of
+  point ``q``'s cell) that makes :math:`\sum_c \alpha_c = 0`. Every cell's
+  :math:`\alpha_c` follows exactly from its own last point before ``q`` and the segment after
+  it. The sweep's sums only pick the piece holding the root; its values carry the rounding
+  of an :math:`O(N)` cumulative sum (relative :math:`\sim N \cdot 10^{-16}`), the per-cell
+  points are exact. Cost: two sorts of :math:`2N + 2C` keys (the second a merge of sorted
+  runs) and :math:`O(N)` cumulative sums, for any number of groups. The fixed problem uses the same
+  events: each cell's interval ends are looked up on its own polyline :math:`(M_c, \delta)`
+  by counting its events below them (exact comparisons, no float search keys).
 
 If the unbounded solution already lies in the box it is the bounded one (it is optimal for a
 relaxation and feasible). On the CPU the box search runs only when it is needed; on
@@ -97,8 +108,6 @@ from torch import Tensor
 __all__ = ["Solution", "project_cells", "project_groups"]
 
 _F64 = torch.float64
-#: Largest groups x kinks for which F is evaluated at every kink in one round.
-_ONE_ROUND = 4096
 
 
 @dataclass
@@ -128,230 +137,197 @@ def _band_unboxed(mu: Tensor, n: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """Weighted projection of cell means ``mu`` (K, S) onto a band of width ``eps``.
 
     :math:`\\min_t \\sum_c n_c(\\operatorname{clip}(\\mu_c, t, t+\\varepsilon) - \\mu_c)^2`;
-    cells with ``n == 0`` are ignored. Returns ``(t, delta)`` of shapes (K,), (K, S).
+    cells with ``n == 0`` are ignored (their finite ``mu`` only adds harmless kinks) and get
+    a zero shift. Returns ``(t, delta)`` of shapes (K,), (K, S).
     """
-    present = n > 0
-    inf = torch.full_like(mu, math.inf)
-    cand = torch.cat([torch.where(present, mu, inf), torch.where(present, mu - eps, inf)], -1)
-    finite = torch.isfinite(cand)
-    x = torch.where(finite, cand, torch.zeros_like(cand))
-
-    def F(t: Tensor) -> tuple[Tensor, Tensor]:  # t (K, Q) -> F, F' of shape (K, Q)
-        m = mu.unsqueeze(1)
-        d = torch.clamp(torch.maximum(m, t.unsqueeze(-1)), max=t.unsqueeze(-1) + eps) - m
-        act = ((m < t.unsqueeze(-1)) | (m > t.unsqueeze(-1) + eps)) & present.unsqueeze(1)
-        w = n.unsqueeze(1)
-        return (w * d).sum(-1), (w * act).sum(-1)
-
-    f, _ = F(x)
-    a = torch.where(finite & (f <= 0), x, -math.inf).amax(-1)
-    b = torch.where(finite & (x > a.unsqueeze(-1)), x, math.inf).amin(-1)
-    a = torch.where(torch.isfinite(a), a, torch.zeros_like(a))  # no group present
-    t = _newton_in_bracket(F, a, b)
-    d = torch.clamp(torch.maximum(mu, t.unsqueeze(-1)), max=t.unsqueeze(-1) + eps) - mu
-    return t, torch.where(present, d, torch.zeros_like(d))
-
-
-def _newton_in_bracket(F: Any, a: Tensor, b: Tensor) -> Tensor:
-    """Root of a non-decreasing ``F`` that is affine on (a, b) (K,), from the midpoint."""
-    tm = torch.where(torch.isfinite(b), 0.5 * (a + b), a + 1.0)
-    f, fp = F(tm.unsqueeze(-1))
-    f, fp = f.squeeze(-1), fp.squeeze(-1)
-    newton = tm - f / torch.where(fp > 0, fp, torch.ones_like(fp))
-    flat = torch.where(f > 0, a, torch.where(f < 0, b, tm))  # F constant: root at a jump
-    t = torch.where(fp > 0, newton, flat)
-    return torch.minimum(torch.maximum(t, a), b)
+    x = torch.cat([mu, mu - eps], -1).sort(-1).values  # the kinks of F, sorted (K, 2S)
+    xs, mm = x.unsqueeze(-1), mu.unsqueeze(-2)
+    f = ((torch.clamp(mm, xs, xs + eps) - mm) * n.unsqueeze(-2)).sum(-1)
+    # F is affine between consecutive kinks: interpolate across its first rise above 0 (F at
+    # the first kink is <= 0, so that rise exists; a flat F there has F = 0 at both ends).
+    j = (f <= 0).sum(-1, keepdim=True).clamp_(1, x.shape[-1] - 1)
+    j = torch.cat([j - 1, j], -1)
+    (x0, x1), (f0, f1) = x.gather(-1, j).unbind(-1), f.gather(-1, j).unbind(-1)
+    t = torch.lerp(x0, x1, (f0 / (f0 - f1).clamp_(max=-1e-300)).clamp_(0, 1))
+    tk = t.unsqueeze(-1)
+    d = torch.clamp(mu, tk, tk + eps) - mu
+    return t, torch.where(n > 0, d, 0.0)
 
 
 # -------------------------------------------------------------------------------- box
-class _MeanMaps:
-    """The maps :math:`M_c(\\delta)` of all cells, as sorted polylines in one flat array.
+_LOW63 = (1 << 63) - 1
+_ZERO = 1 << 32  # event code of a cell's two points at delta = 0 (counted apart from rows)
 
-    Events ``e`` (two per row: entering the box at :math:`lo - z_i`, leaving it at
-    :math:`hi - z_i`) are sorted by (cell, delta); ``D[e]`` is the kink and ``V[e]`` the
-    value :math:`M_c` there (``lo`` at a cell's first event, ``hi`` at its last), obtained
-    from a cumulative sum of the slope (rows inside the box) times the kink spacing.
+
+class _Polylines:
+    """Every cell's map :math:`\\delta \\mapsto M_c(\\delta)` as a sorted list of events.
+
+    Events, sorted by (cell, delta): two per row (entering the box at :math:`lo - z_i`, leaving
+    it at :math:`hi - z_i`) and two per cell at :math:`\\delta = 0` (they split the band
+    problem's two branches). Per event: ``D`` the delta, ``V`` the value :math:`M_c(D)`
+    (a cumulative sum of the free rows times the kink spacing, from ``lo`` at a cell's first
+    event), ``lower`` whether it precedes its cell's second zero event, ``cell`` its cell and
+    ``n`` the cell's size (at least 1). A cell owns the events ``start[c] .. end[c] - 1``;
+    ``scale`` is the range of the kinks (with 0), for rounding tolerances.
     """
 
     def __init__(self, z: Tensor, cell: Tensor, n: Tensor, lo: float, hi: float) -> None:
-        self.lo, self.hi = lo, hi
-        N = z.numel()
-        d = torch.cat([lo - z, hi - z])
-        c = torch.cat([cell, cell])
-        one = torch.ones(N, dtype=_F64, device=z.device)
-        typ = torch.cat([one, -one])
-        # One sort on a key that orders by cell, then by delta (offsets wider than any range).
-        dmin = d.amin()
-        width = d.amax() - dmin + 1.0
-        order = torch.argsort(c.to(_F64) * width + (d - dmin))
-        D, c, typ = d[order], c[order], typ[order]
+        N, C, dev = z.numel(), n.numel(), z.device
+        cells = torch.arange(C, device=dev)
+        d = torch.cat([lo - z, hi - z, z.new_zeros(2 * C)])
+        c = torch.cat([cell, cell, cells, cells])
+        code = torch.ones(2 * N + 2 * C, dtype=torch.long, device=dev)
+        code[N:2 * N] = -1
+        code[2 * N:] = _ZERO
+        dmin, dmax = torch.aminmax(d)
+        self.scale = dmax - dmin
+        # One sort on an integer key ordered by cell, then by delta: the bits of d as an
+        # order-preserving int64, the lowest dropped to make room for the cell (a relative
+        # rounding of 2**-45 at most, like a float key with cell offsets; integers sort faster).
+        b = (C - 1).bit_length() + 1
+        key = d.view(torch.int64)
+        key = (key ^ ((key >> 63) & _LOW63)) >> b
+        order = torch.argsort(key.add_(c << (64 - b)))
+        self.D, self.cell = d.index_select(0, order), c.index_select(0, order)
+        # Rows inside the box after each event (back to 0 at every cell's end) and, in the
+        # high bits, the zero events passed: 2 * cell + (0, 1 or 2).
+        count = code.index_select(0, order).cumsum_(0)
+        self.lower = (count >> 33) == self.cell
         nn = n.reshape(-1)
-        self.end = torch.cumsum(2 * nn, 0).long()
-        self.start = self.end - (2 * nn).long()
-        first = torch.ones(2 * N, dtype=torch.bool, device=z.device)
-        first[1:] = c[1:] != c[:-1]
-        active = torch.cumsum(typ, 0)  # rows inside the box after each event; 0 at cell ends
-        step = torch.zeros_like(D)
-        step[1:] = (active[:-1] * (D[1:] - D[:-1]).clamp(min=0)) / nn[c[1:]].clamp(min=1)
-        step = torch.where(first, torch.zeros_like(step), step)
-        G = torch.cumsum(step, 0)
-        V = (lo + G - G[self.start.clamp(max=2 * N - 1)][c]).clamp(lo, hi)
-        self.cell, self.V = c, V
-        self.DV = torch.stack([D, V], -1)
-        self.dmin, self.dmax = dmin - 1.0, dmin + width  # beyond every kink
-        self.W = 2.0 * (hi - lo) + 1.0
-        self.keys = c.to(_F64) * self.W + V
-        self.E = 2 * N
-        self.m0 = torch.zeros(nn.shape[0], dtype=_F64, device=z.device).index_add_(
-            0, cell, z.clamp(lo, hi)) / nn.clamp(min=1)  # M_c(0)
-
-    def inverse(self, cells: Tensor, v: Tensor, right: bool) -> Tensor:
-        """Smallest delta with :math:`M_c(\\delta) \\ge v` (``right=False``) or largest with
-        :math:`M_c(\\delta) \\le v` (``right=True``), for ``cells`` of the shape of ``v``.
-        Where no finite delta exists (``v <= lo`` resp. ``v >= hi``) the answer is a delta
-        beyond every kink, where all rows sit on the box (so ``q`` is the same)."""
-        vc = v.clamp(self.lo, self.hi)
-        j = torch.searchsorted(self.keys, (cells.to(_F64) * self.W + vc).reshape(-1),
-                               right=right).view(v.shape)
-        j = torch.minimum(torch.maximum(j, self.start[cells] + 1), self.end[cells] - 1)
-        j = j.clamp(1, self.E - 1)
-        p0, p1 = self.DV[j - 1], self.DV[j]
-        dv = p1[..., 1] - p0[..., 1]
-        ok = dv > 0
-        d = p0[..., 0] + torch.where(ok, (vc - p0[..., 1]) * (p1[..., 0] - p0[..., 0])
-                                     / torch.where(ok, dv, 1.0), 0.0)
-        below, above = (v < self.lo, v >= self.hi) if right else (v <= self.lo, v > self.hi)
-        return torch.where(below, self.dmin, torch.where(above, self.dmax, d))
-
-    def band_shift(self, cells: Tensor, x: Tensor, xe: Tensor, right: bool) -> Tensor:
-        """:math:`\\delta_c(x) = [M_c^{-1}(x)]_+ + [M_c^{-1}(x+\\varepsilon)]_-`, the
-        cheapest shift into the band ``[x, xe]`` (``xe = x + eps``, passed exactly: a kink
-        ``V`` enters as ``(V - eps, V)``, so rounding cannot move it across a jump); its left
-        limit in ``x`` (``right=False``) or its right limit (they differ where :math:`M_c` is
-        flat). At most one of the two terms is non-zero, so one inverse suffices."""
-        m = self.m0[cells]
-        use_x = (x >= m) if right else (x > m)
-        d = self.inverse(cells, torch.where(use_x, x, xe), right)
-        return torch.where(use_x, d.clamp(min=0), d.clamp(max=0))
+        self.n = nn.clamp(min=1).index_select(0, self.cell)
+        size = 2 * nn.long() + 2
+        self.end = torch.cumsum(size, 0)
+        self.start = self.end - size
+        # n_c M_c rises by free * spacing between events (0 across cell borders: free = 0).
+        V = torch.zeros_like(self.D)
+        torch.diff(self.D, out=V[1:])
+        V[1:].clamp_(min=0).mul_(count[:-1] & (_ZERO - 1))
+        V.cumsum_(0)
+        V -= V.index_select(0, self.start).index_select(0, self.cell)
+        self.V = V.div_(self.n).add_(lo)
 
 
 def _band_boxed(z: Tensor, cell: Tensor, n: Tensor, K: int, S: int, eps: float, lo: float,
-                hi: float) -> tuple[Tensor, Tensor]:
-    """Band problem with the box; returns ``(t, delta)`` of shapes (K,), (K, S)."""
-    C = K * S
-    maps = _MeanMaps(z, cell, n, lo, hi)
-    present = n > 0
-    all_cells = torch.arange(C, device=z.device).view(K, 1, S)
-    inf = torch.full((), math.inf, dtype=_F64, device=z.device)  # no host-to-device copy
-
-    def deltas(x: Tensor, xe: Tensor, right: bool) -> tuple[Tensor, Tensor]:
-        """delta_c (K, Q, S) at bands [x, xe] (K, Q) and F = sum_c n_c delta_c (K, Q)."""
-        Q = x.shape[1]
-        d = maps.band_shift(all_cells.expand(K, Q, S), x.unsqueeze(-1).expand(K, Q, S),
-                            xe.unsqueeze(-1).expand(K, Q, S), right)
-        d = torch.where(present.unsqueeze(1), d, 0.0)
-        return d, (n.unsqueeze(1) * d).sum(-1)
-
-    def search(x: Tensor, xe: Tensor, valid: Tensor) -> list[Tensor]:
-        """Among candidates x (K, Q) (with xe = x + eps): a = the largest with F(a-) <= 0,
-        b = the next one; returns [a, a + eps, F(a-), delta(a-), b, F(b-), delta(b-)]."""
-        d, f = deltas(torch.where(valid, x, lo), torch.where(valid, xe, lo + eps), right=False)
-        ia = torch.where(valid & (f <= 0), x, -inf).argmax(-1, keepdim=True)
-        a = x.gather(-1, ia)
-        ib = torch.where(valid & (x > a), x, inf).argmin(-1, keepdim=True)
-        b = torch.where(valid.gather(-1, ib) & (x.gather(-1, ib) > a), x.gather(-1, ib), inf)
-        da = d.gather(1, ia.unsqueeze(-1).expand(K, 1, S)).squeeze(1)
-        db = d.gather(1, ib.unsqueeze(-1).expand(K, 1, S)).squeeze(1)
-        return [a.squeeze(-1), xe.gather(-1, ia).squeeze(-1), f.gather(-1, ia).squeeze(-1), da,
-                b.squeeze(-1), f.gather(-1, ib).squeeze(-1), db]
-
-    # Round 1: every k-th kink (k = 1 for small problems), the m_c and m_c - eps, lo - eps, hi.
-    E = maps.E
-    k = 1 if S * E <= _ONE_ROUND else max(1, math.isqrt(E // C))
-    idx = torch.arange(0, E, k, device=z.device)
-    Vs = maps.V[idx].expand(K, -1)
-    mine = torch.div(maps.cell[idx], S, rounding_mode="floor").unsqueeze(0) \
-        == torch.arange(K, device=z.device).unsqueeze(1)
-    m0 = maps.m0.view(K, S)
-    ends = torch.cat([torch.full((K, 1), lo - eps, dtype=_F64, device=z.device),
-                      torch.full((K, 1), hi, dtype=_F64, device=z.device)], -1)
-    x1 = torch.cat([Vs, Vs - eps, m0, m0 - eps, ends], -1)
-    x1e = torch.cat([Vs + eps, Vs, m0 + eps, m0, ends + eps], -1)
-    v1 = torch.cat([mine, mine, present, present, torch.ones_like(ends, dtype=torch.bool)], -1)
-    a, ae, fa, da, b, fb, db = search(x1, x1e, v1)
-    if k > 1:
-        # Round 2: the fewer than k kinks of each cell inside (a, b), for V and for V - eps.
-        win = torch.arange(k, device=z.device)
-        xs, xes, vs = [], [], []
-        for off in (0.0, eps):
-            key = all_cells.view(K, S).to(_F64) * maps.W + (a.unsqueeze(-1) + off).clamp(lo, hi)
-            j = torch.searchsorted(maps.keys, key.reshape(-1), right=True).view(K, S, 1) + win
-            vs.append(((j < maps.end.view(K, S, 1)) & present.unsqueeze(-1)).reshape(K, -1))
-            Vj = maps.V[j.clamp(max=E - 1)].reshape(K, -1)
-            xs.append(Vj - off)
-            xes.append(Vj + (eps - off))
-        a2, ae2, fa2, da2, b2, fb2, db2 = search(torch.cat(xs, -1), torch.cat(xes, -1),
-                                                 torch.cat(vs, -1))
-        up, down = a2 > a, b2 < b
-        a, ae, fa, da = (torch.where(up, a2, a), torch.where(up, ae2, ae),
-                         torch.where(up, fa2, fa), torch.where(up.unsqueeze(-1), da2, da))
-        b, fb, db = (torch.where(down, b2, b), torch.where(down, fb2, fb),
-                     torch.where(down.unsqueeze(-1), db2, db))
-    # F is affine on (a, b) and every delta_c too: the root from the limits at the ends.
-    dap, fap = deltas(a.unsqueeze(-1), ae.unsqueeze(-1), right=True)
-    dap, fap = dap.squeeze(1), fap.squeeze(-1)
-    at_a = (fap >= 0) | ~torch.isfinite(b)
-    # Root at a (a jump of F): the flat cells' shifts interpolated so that sum n delta = 0.
-    gap = fap - fa
-    th1 = torch.where(gap > 0, -fa / torch.where(gap > 0, gap, 1.0), 0.0).clamp(0, 1)
-    # Root inside (a, b).
-    span = fb - fap
-    th2 = torch.where(~at_a & (span > 0), -fap / torch.where(span > 0, span, 1.0), 0.0)
-    th2 = th2.clamp(0, 1)
-    t = torch.where(at_a, a, a + th2 * torch.where(at_a, 0.0, b - a))
-    delta = torch.where(at_a.unsqueeze(-1), da + th1.unsqueeze(-1) * (dap - da),
-                        dap + th2.unsqueeze(-1) * (db - dap))
-    return t, delta
+                hi: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Band problem with the box; returns ``(t, delta, scale)`` of shapes (K,), (K, S), ()."""
+    P = _Polylines(z, cell, n, lo, hi)
+    E = P.D.numel()
+    # Every cell's alpha_c(t) = n_c delta_c(t) as a polyline through the points (T, A), in
+    # the cell's event order (T non-decreasing): an event of the lower branch sits at
+    # T = V - eps, the others at T = V; the two zero events bound the dead zone
+    # [m_c - eps, m_c] where A = 0. A segment with equal T at both ends is a jump.
+    T = P.V.add_(P.lower, alpha=-eps)
+    A = P.D.mul_(P.n)
+    dA, dT = A.diff(), T.diff()
+    vertical = dT <= 0  # also from a cell's last event to the next cell's first
+    jump = torch.zeros_like(A)
+    torch.mul(dA, vertical, out=jump[1:])
+    jump.index_fill_(0, P.start, 0.0)  # every cell starts at its first point (A <= 0)
+    slope = torch.zeros_like(A)  # of the segment after each event (0 after a cell's last)
+    torch.div(dA, dT, out=slope[:-1]).masked_fill_(vertical, 0.0)
+    del dA, dT, vertical
+    # Sweep the points of each class in t order: F = sum_c alpha_c after each point, from
+    # sum_c A_(first point of c) (every cell at lo) on; F is non-decreasing.
+    if K == 1:
+        g = torch.sort(T, stable=True).indices  # runs sorted per cell: a cheap merge
+    else:
+        cls = torch.div(P.cell, S, rounding_mode="floor")
+        g = torch.sort(cls * (hi - lo + eps + 1.0) + T, stable=True).indices
+    Tg, F = T.index_select(0, g), jump.index_select(0, g)
+    del jump
+    Sg = torch.diff(slope, prepend=slope[-1:]).index_select(0, g).cumsum_(0)  # slope of F
+    F[1:].addcmul_(Sg[:-1], Tg.diff().clamp_(min=0))  # 0 across class borders
+    F.cumsum_(0)
+    cell_g = P.cell.index_select(0, g)
+    F0 = A.index_select(0, P.start).view(K, S).sum(1)
+    if K == 1:
+        F += F0
+        q = (F <= 0).sum().clamp(1, E - 1).view(1)
+    else:
+        size = (P.end - P.start).view(K, S).sum(1)
+        last = torch.cumsum(size, 0) - 1
+        first = last - size + 1
+        cls_g = cls.index_select(0, g)
+        F += (F0 - torch.cat([F.new_zeros(1), F.index_select(0, last[:-1])])).index_select(
+            0, cls_g)
+        q = first + torch.zeros(K, dtype=torch.long, device=z.device).index_add_(
+            0, cls_g, (F <= 0).long())
+        q = torch.minimum(torch.maximum(q, first + 1), last)
+    # F <= 0 after point q - 1 and > 0 after point q: in between F rises with slope S0, then
+    # point q adds its own step. The root t is inside, or at T1 with the part of that step
+    # (taken by point q's cell) that makes sum alpha = 0 exactly.
+    p = torch.cat([q - 1, q])
+    (T0, T1), (F0, F1) = Tg.index_select(0, p).view(2, K), F.index_select(0, p).view(2, K)
+    S0 = Sg.index_select(0, q - 1)
+    t = torch.where(S0 > 0, T0 - F0 / S0, T1)
+    t = torch.minimum(torch.maximum(t, T0), T1)
+    before = F0 + S0 * (T1 - T0)  # F just before point q
+    take = torch.minimum((-(F0 + S0 * (t - T0))).clamp(min=0), F1 - before)
+    # Each cell after point q - 1: its last point e so far, on the segment that follows.
+    done = torch.arange(E, device=z.device) < (q if K == 1 else q.index_select(0, cls_g))
+    e = torch.maximum(P.start + torch.zeros_like(P.start).index_add_(0, cell_g, done.long()) - 1,
+                      P.start)
+    alpha = A.index_select(0, e) + slope.index_select(0, e) * (
+        t.view(K, 1) - T.index_select(0, e).view(K, S)).view(-1)
+    alpha = alpha.index_add(0, cell_g.index_select(0, q), take)
+    return t, (alpha / n.reshape(-1).clamp(min=1)).view(K, S), P.scale
 
 
 def _fixed_boxed(z: Tensor, cell: Tensor, n: Tensor, K: int, S: int, lower: Tensor,
-                 upper: Tensor, lo: float, hi: float) -> Tensor:
-    """Each cell's mean into its own interval [lower_c, upper_c] (within [lo, hi])."""
-    maps = _MeanMaps(z, cell, n, lo, hi)
-    cells = torch.arange(K * S, device=z.device).view(K, S)
-    A = maps.inverse(cells, lower, right=False)  # smallest shift with mean >= lower
-    B = maps.inverse(cells, upper, right=True)  # largest shift with mean <= upper
-    d = torch.where(A > 0, A, torch.where(B < 0, B, torch.zeros_like(A)))
-    return torch.where(n > 0, d, torch.zeros_like(d))
+                 upper: Tensor, lo: float, hi: float) -> tuple[Tensor, Tensor]:
+    """Each cell's mean into its own interval [lower_c, upper_c] (within [lo, hi]);
+    returns ``(delta, scale)``."""
+    P = _Polylines(z, cell, n, lo, hi)
+    C = K * S
+    # Smallest shift with mean >= lower_c and largest with mean <= upper_c: on the segment
+    # from the cell's last event below the threshold (V < lower, V <= upper) to the next.
+    x = torch.stack([lower.reshape(-1), upper.reshape(-1)], -1)  # (C, 2)
+    xe = x.index_select(0, P.cell)
+    below = torch.stack([P.V < xe[:, 0], P.V <= xe[:, 1]], -1).cumsum(0).index_select(
+        0, P.end - 1)
+    idx = P.start.unsqueeze(1) + below.diff(dim=0, prepend=below[:1] * 0)
+    i0 = torch.maximum(idx - 1, P.start.unsqueeze(1)).view(-1)
+    i1 = torch.minimum(idx, (P.end - 1).unsqueeze(1)).view(-1)
+    v0, v1 = P.V.index_select(0, i0).view(C, 2), P.V.index_select(0, i1).view(C, 2)
+    d0, d1 = P.D.index_select(0, i0).view(C, 2), P.D.index_select(0, i1).view(C, 2)
+    dv = v1 - v0
+    AB = torch.lerp(d0, d1, ((x - v0) / torch.where(dv > 0, dv, 1.0)).clamp(0, 1))
+    A, B = AB[:, 0].view(K, S), AB[:, 1].view(K, S)
+    d = torch.where(A > 0, A, torch.where(B < 0, B, 0.0))
+    return torch.where(n > 0, d, 0.0), P.scale
 
 
 # --------------------------------------------------------------------------- autograd
+def _values(z: Tensor, shifted: Tensor, keep: Tensor, bounds: tuple[float, float] | None
+            ) -> Tensor:
+    """q: the shifted rows within the box, in z's dtype; kept rows as they are."""
+    return torch.where(keep, z, (shifted.clamp(*bounds) if bounds else shifted).to(z.dtype))
+
+
 class _Apply(torch.autograd.Function):
     """q = clip(z + delta[cell], lo, hi) on changed rows, with the exact piecewise-affine
     derivative of the projection (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx: Any, z: Tensor, delta: Tensor, cell: Tensor, keep: Tensor,
+    def forward(ctx: Any, z: Tensor, shifted: Tensor, cell: Tensor, keep: Tensor,
                 n: Tensor, active: Tensor, K: int, S: int, coupled: bool,
                 bounds: tuple[float, float] | None) -> Tensor:
-        shifted = z.to(_F64) + delta.reshape(-1)[cell]
-        if bounds is not None:
-            shifted = shifted.clamp(*bounds)
-        q = torch.where(keep, z, shifted.to(z.dtype))
-        if bounds is not None:
-            free = (shifted > bounds[0]) & (shifted < bounds[1]) | keep
-        else:
-            free = torch.ones_like(keep)
-        ctx.save_for_backward(cell, keep, free, n, active)
-        ctx.shape = (K, S, coupled)
+        """``shifted``: the float64 rows ``z + delta[cell]`` (not clipped, no gradient)."""
+        q = _values(z, shifted, keep, bounds)
+        ctx.save_for_backward(cell, keep, shifted, n, active)
+        ctx.shape = (K, S, coupled, bounds)
         return q
 
     @staticmethod
     def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
         (v,) = grads
-        cell, keep, free, n, active = ctx.saved_tensors
-        K, S, coupled = ctx.shape
+        cell, keep, shifted, n, active = ctx.saved_tensors
+        K, S, coupled, bounds = ctx.shape
         C = K * S
+        if bounds is not None:
+            free = (shifted > bounds[0]) & (shifted < bounds[1]) | keep
+        else:
+            free = torch.ones_like(keep)
         u = torch.where(free, v.to(_F64), torch.zeros((), dtype=_F64, device=v.device))
         solved = free & ~keep
         a = torch.zeros(C, dtype=_F64, device=v.device).index_add_(0, cell, solved.to(_F64))
@@ -399,10 +375,8 @@ def project_cells(z: Tensor, cell: Tensor, K: int, S: int, eps: float,
     """
     C = K * S
     zd = z.detach().to(_F64)
-    n = torch.zeros(C, dtype=_F64, device=z.device).index_add_(
-        0, cell, torch.ones_like(zd)).view(K, S)
-    mu = torch.zeros(C, dtype=_F64, device=z.device).index_add_(0, cell, zd).view(K, S) \
-        / n.clamp(min=1)
+    n = torch.bincount(cell, minlength=C).to(_F64).view(K, S)
+    mu = torch.bincount(cell, weights=zd, minlength=C).view(K, S) / n.clamp(min=1)
     present = n > 0
     fixed = targets is not None
     if fixed:
@@ -410,36 +384,39 @@ def project_cells(z: Tensor, cell: Tensor, K: int, S: int, eps: float,
         if bounds is not None:
             lower, upper = lower.clamp(*bounds), upper.clamp(*bounds)
         band = torch.full((K,), math.nan, dtype=_F64, device=z.device)
-        delta = torch.where(present, torch.minimum(torch.maximum(mu, lower), upper) - mu, 0.0)
+        delta = torch.minimum(torch.maximum(mu, lower), upper) - mu
         changed = present.any(-1)
     else:
         band, delta = _band_unboxed(mu, n, eps)
         changed = present.sum(-1) >= 2
+    # Rows of a class whose constraints cannot apply come back as they are.
+    use = changed.unsqueeze(-1) & present
+    delta = torch.where(use, delta, 0.0)
+    keep = ~(changed.expand(z.numel()) if K == 1 else changed.repeat_interleave(S)[cell])
+    shifted = zd + delta.view(-1).index_select(0, cell)
     box_active = torch.zeros((), dtype=torch.bool, device=z.device)
     if bounds is not None:
         lo, hi = bounds
-        keep_rows = ~changed.repeat_interleave(S)[cell]
-        shifted = zd + delta.reshape(-1)[cell]
-        outside = ((shifted < lo) | (shifted > hi)) & ~keep_rows
-        box_active = outside.any()
+        box_active = ((shifted.clamp(lo, hi) != shifted) & ~keep).any()
         # CPU: run the bounded search only when needed. Elsewhere: always, and select, so
         # that no step waits for the host.
         if not _host_branch(z.device) or bool(box_active):
             if fixed:
-                d_box = _fixed_boxed(zd, cell, n, K, S, lower, upper, lo, hi)
+                d_box, scale = _fixed_boxed(zd, cell, n, K, S, lower, upper, lo, hi)
                 t_box = band
             else:
-                t_box, d_box = _band_boxed(zd, cell, n, K, S, eps, lo, hi)
+                t_box, d_box, scale = _band_boxed(zd, cell, n, K, S, eps, lo, hi)
             # Shifts at rounding level (a cell whose mean sits exactly on a kink of the
             # interpolated map) are zero: its constraint does not bind.
-            tiny = 1e-12 * (1.0 + zd.abs().amax() + max(abs(lo), abs(hi)))
-            d_box = torch.where(d_box.abs() <= tiny, torch.zeros_like(d_box), d_box)
+            tiny = 1e-12 * (1.0 + max(abs(lo), abs(hi)) + scale)
+            d_box = torch.where((d_box.abs() > tiny) & use, d_box, 0.0)
             delta = torch.where(box_active, d_box, delta)
             band = torch.where(box_active, t_box, band)
-    delta = torch.where(changed.unsqueeze(-1) & present, delta, torch.zeros_like(delta))
-    keep = ~changed.repeat_interleave(S)[cell]
-    active = delta != 0
-    q = _Apply.apply(z, delta, cell, keep, n, active, K, S, not fixed, bounds)
+            shifted = zd + delta.view(-1).index_select(0, cell)
+    if z.requires_grad and torch.is_grad_enabled():
+        q = _Apply.apply(z, shifted, cell, keep, n, delta != 0, K, S, not fixed, bounds)
+    else:  # no graph to record: skip the autograd Function's own cost
+        q = _values(z, shifted, keep, bounds)
     return Solution(q, delta, n, band, changed, box_active)
 
 

@@ -41,6 +41,7 @@ same arguments as ALM's so the rest of the loop stays as it was.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,25 +191,27 @@ class FairProjection(DualOptimizer):
                                  f"{tuple(getattr(labels, 'shape', ()))}")
             y = labels.reshape(-1).to(device=flat.device, dtype=torch.float64)
         if self.check_finite:
-            bad_z = ~torch.isfinite(flat).all()
-            bad_g = ((g < 0) | (g >= S)).any()
-            checks = [bad_z, bad_g]
+            # One host read: the sum of z is finite exactly when every entry is (an overflow
+            # falls through to the exact test), the ids lie in range when their extremes do.
+            f64 = torch.float64
+            ids = torch.aminmax(g)
+            checks = [flat.sum(dtype=f64), ids.min.to(f64), ids.max.to(f64)]
             if onehot:
-                gf = groups.to(torch.float64)
-                checks.append(~((gf == 0) | (gf == 1)).all() | (gf.sum(-1) != 1).any())
+                gf = groups.to(f64)
+                checks.append((~((gf == 0) | (gf == 1)).all() | (gf.sum(-1) != 1).any()).to(f64))
             if y is not None:
                 ok = ((y == 0) | (y == 1)).all() if self.constraint == "equalized_odds" \
                     else torch.isfinite(y).all()
-                checks.append(~ok)
-            flags = torch.stack(checks).cpu().tolist()  # the one host read
-            if flags[0]:
+                checks.append((~ok).to(f64))
+            flags = torch.stack(checks).tolist()  # the one host read
+            if not math.isfinite(flags[0]) and not bool(torch.isfinite(flat).all()):
                 raise ValueError("z: predictions contain NaN or Inf")
-            if flags[1]:
+            if flags[1] < 0 or flags[2] > S - 1:
                 raise ValueError(f"groups: ids must lie in 0..{S - 1}, got "
                                  f"{sorted(set(g.tolist()))[:10]}")
-            if onehot and flags[2]:
+            if onehot and flags[3]:
                 raise ValueError("groups: a (N, S) groups tensor must be one-hot (one 1 a row)")
-            if flags[-1] and y is not None:
+            if y is not None and flags[-1]:
                 raise ValueError("labels: equalized odds needs labels in {0, 1}"
                                  if self.constraint == "equalized_odds"
                                  else "labels: contain NaN or Inf")
@@ -250,7 +253,7 @@ class FairProjection(DualOptimizer):
                 self._check_residual(targets.view(-1), n)
         sol = project_cells(flat, cell, K, S, self.eps, self.bounds, targets)
         alpha = sol.counts * sol.shifts
-        mult = torch.stack([alpha.clamp(min=0), (-alpha).clamp(min=0)], -1).reshape(-1) + 0.0
+        mult = torch.stack([alpha, -alpha], -1).clamp_(min=0).view(-1) + 0.0
         with torch.no_grad():
             lam = self.dual(self._name)
             lam.copy_(mult.to(lam))

@@ -167,6 +167,23 @@ class FairInference(torch.nn.Module):
         g_idx, h_idx = off.nonzero(as_tuple=True)  # pair p is the constraint mu_g - mu_h <= eps
         self.register_buffer("_pair_g", g_idx, persistent=False)
         self.register_buffer("_pair_h", h_idx, persistent=False)
+        # Constant tensors of the serving step (device-resident, no scalar wrapping per call).
+        # _pair_map[p] puts +1 at entry (g, h) and -1 at (h, g) of pair p; _sides turns a
+        # residual group's (upper, lower) multipliers into its offset; _not_others[c] is 0 at
+        # the cells of c's label class other than c and NaN elsewhere.
+        pair_map = torch.zeros(len(g_idx), S * S, dtype=dtype)
+        pair_map[torch.arange(len(g_idx)), g_idx * S + h_idx] = 1.0
+        pair_map[torch.arange(len(g_idx)), h_idx * S + g_idx] = -1.0
+        self.register_buffer("_pair_map", pair_map, persistent=False)
+        self.register_buffer("_sides", torch.tensor([1.0, -1.0], dtype=dtype), persistent=False)
+        cls = torch.arange(C * S) // S
+        others = (cls.unsqueeze(1) == cls.unsqueeze(0)) & ~torch.eye(C * S, dtype=torch.bool)
+        self.register_buffer("_not_others", torch.where(others, 0.0, math.nan).to(dtype),
+                             persistent=False)
+        eps = float(fairness_tolerance)
+        for name, value in (("_eps", eps), ("_one", 1.0), ("_eps_pm", [-eps, eps]),
+                            ("_half_pm", [-0.5, 0.5])):
+            self.register_buffer(name, torch.tensor(value, dtype=dtype), persistent=False)
         z = torch.zeros(C, S, dtype=dtype)
         # Running statistics of the stream: raw sums, served (adjusted) sums, counts.
         self.register_buffer("raw_sum", z.clone())
@@ -249,21 +266,17 @@ class FairInference(torch.nn.Module):
     def _offsets(self, share: Tensor) -> Tensor:
         """nu[k, g] = sum_h (lambda[k, g, h] - lambda[k, h, g]) * share[k, h]; for the
         residual nu[0, g] = lambda_upper[g] - lambda_lower[g]."""
+        lam = self._lam.detach().to(share)  # a warm-start dual may hold another dtype
         if self._residual:
-            lam = self._lam.view(-1, 2).to(share)
-            return (lam[:, 0] - lam[:, 1]).unsqueeze(0)
-        lam = self._lam.view(self.num_classes, -1).to(share)
-        if self.num_groups == 2:
-            # pairs are (0, 1) and (1, 0): nu = (-theta * share_1, theta * share_0)
-            theta = lam[:, 1] - lam[:, 0]
-            return torch.stack([-theta * share[:, 1], theta * share[:, 0]], -1)
-        g, h = self._pair_g, self._pair_h
-        nu = torch.zeros_like(share)
-        nu.index_add_(1, g, lam * share[:, h])
-        nu.index_add_(1, h, lam * share[:, g], alpha=-1.0)
-        return nu
+            return (lam.view(-1, 2) @ self._sides).unsqueeze(0)
+        C, S = self.num_classes, self.num_groups
+        # (lambda - lambda^T)[k] as one product with the fixed pair-to-entry map.
+        antisym = torch.mm(lam.view(C, -1), self._pair_map).view(C, S, S)
+        return torch.bmm(antisym, share.view(C, S, 1)).view(C, S)
 
-    def _check(self, z: Tensor, groups: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _check(self, z: Tensor, groups: Tensor, labels: Tensor | None
+               ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Shapes and types (no tensor op); values are checked in :meth:`_cell_counts`."""
         if not isinstance(z, Tensor) or not z.is_floating_point():
             raise ValueError(f"predictions must be a floating tensor, got "
                              f"{getattr(z, 'dtype', type(z).__name__)}")
@@ -275,22 +288,14 @@ class FairInference(torch.nn.Module):
                 f"groups must be a tensor of {flat.numel()} group ids, got "
                 f"{tuple(groups.shape) if isinstance(groups, Tensor) else type(groups).__name__}"
             )
+        if flat.numel() == 0:
+            raise ValueError("predictions: empty batch")
         g = groups.reshape(-1)
         if g.is_floating_point():
             if not bool((g == g.round()).all()):
                 raise ValueError("groups must hold integer group ids")
             g = g.long()
-        if flat.numel() == 0:
-            raise ValueError("predictions: empty batch")
-        # One host read for the whole validation; messages are built only on failure.
-        bad = (~torch.isfinite(flat)).any() | ((g < 0) | (g >= self.num_groups)).any()
-        if bool(bad):
-            if not bool(torch.isfinite(flat).all()):
-                raise ValueError("predictions contain NaN or Inf; nothing was changed")
-            raise ValueError(
-                f"groups must lie in 0..{self.num_groups - 1}, got values "
-                f"{sorted(set(g.tolist()))}"
-            )
+        y = None
         if self.metric in _LABELLED:
             if labels is None:
                 raise ValueError(f"metric {self.metric!r} needs labels for every batch")
@@ -303,89 +308,116 @@ class FairInference(torch.nn.Module):
                     raise ValueError("labels contain NaN or Inf; nothing was changed")
             elif not bool(((y == 0) | (y == 1)).all()):
                 raise ValueError(f"labels must be {flat.numel()} values in {{0, 1}}")
-        return flat, g
+        elif labels is not None and isinstance(labels, Tensor) \
+                and labels.reshape(-1).shape == flat.shape:
+            y = labels.reshape(-1)
+        return flat, g, y
 
-    @torch.no_grad()
-    def adjust(self, scores: Tensor, groups: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Adjust a batch of scores and update the serving state."""
-        z, g = self._check(scores, groups, labels)
+    def _cell_counts(self, zd: Tensor, g: Tensor, key: Tensor) -> Tensor:
+        """Rows per cell, (C, S) int64. Raises on group ids out of range or non-finite scores,
+        with one host read (the sum of the scores is finite exactly when they all are, barring
+        an overflow, which the exact test then clears)."""
         S, C = self.num_groups, self.num_classes
+        n_b = None
+        # With labels in the key, an id out of range can still land in a valid cell.
+        if C == 1 or not bool(((g < 0) | (g >= S)).any()):
+            try:
+                n_b = torch.bincount(key, minlength=C * S)
+            except RuntimeError:  # a negative id
+                pass
+        if n_b is None or n_b.numel() != C * S:
+            raise ValueError(f"groups must lie in 0..{S - 1}, got values "
+                             f"{sorted(set(g.tolist()))}")
+        if not math.isfinite(float(zd.sum())) and not bool(torch.isfinite(zd).all()):
+            raise ValueError("predictions contain NaN or Inf; nothing was changed")
+        return n_b.view(C, S)
+
+    def adjust(self, scores: Tensor, groups: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Adjust a batch of scores and update the serving state; returns a new tensor shaped
+        and typed like ``scores`` (outside any autograd graph)."""
+        # Inference mode drops autograd bookkeeping from every small op of the step; the
+        # result is copied out of it so that callers may use it freely (even in autograd).
+        with torch.inference_mode():
+            q = self._adjust(scores, groups, labels)
+        return q.to(scores.dtype, copy=True).view(scores.shape)
+
+    def _adjust(self, scores: Tensor, groups: Tensor, labels: Tensor | None) -> Tensor:
+        z, g, y = self._check(scores, groups, labels)
+        S, C = self.num_groups, self.num_classes
+        N = z.numel()
         dt = self._dtype
         zd = z.to(dt)
         # Cell of each row: label class * S + group (the group alone with one class).
-        key = labels.reshape(-1).long() * S + g if C == 2 else g  # type: ignore[union-attr]
-        n_b = torch.bincount(key, minlength=C * S).view(C, S).to(dt)
-        s_b = torch.bincount(key, weights=zd, minlength=C * S).view(C, S)
-        y_b = None
-        if labels is not None:
-            y_b = torch.bincount(key, weights=labels.reshape(-1).to(dt),
-                                 minlength=C * S).view(C, S)
-            self.label_sum.add_(y_b)
+        key = y.long() * S + g if C == 2 else g  # type: ignore[union-attr]
+        n_b = self._cell_counts(zd, g, key)
+        if y is not None:
+            y = y.to(dt)
+            self.label_sum.view(-1).index_add_(0, key, y)
         # Running raw statistics include this batch: the dual responds to it at once.
-        self.count.add_(n_b)
-        self.raw_sum.add_(s_b)
-        seen = self.count > 0
+        count = self.count
+        count.add_(n_b)
+        self.raw_sum.view(-1).index_add_(0, key, zd)
         share = self._shares if self._shares is not None else \
-            self.count / self.count.sum(-1, keepdim=True).clamp(min=1)
-        in_batch = n_b > 0
+            count / count.sum(-1, keepdim=True).clamp(min=self._one)
         if self._decision:
             # The dual learns from the decisions its own offsets produce, so this batch's
             # response comes first, with the offsets as they stand.
-            shifted = zd - self._offsets(share).view(-1)[key]
-            self.response_positive_sum.add_(torch.bincount(
-                key, weights=(shifted >= self.threshold).to(dt), minlength=C * S).view(C, S))
-            self._dual_step(share, seen)
+            shifted = zd - self._offsets(share).view(-1).index_select(0, key)
+            self.response_positive_sum.view(-1).index_add_(
+                0, key, (shifted >= self.threshold).to(dt))
+            self._dual_step(share)
         else:
-            self._dual_step(share, seen)
-            shifted = zd - self._offsets(share).view(-1)[key]
-        if z.numel() >= self.b_tau:
+            self._dual_step(share)
+            shifted = zd - self._offsets(share).view(-1).index_select(0, key)
+        if N >= self.b_tau:
             # Large batch: the exact projection of the raw scores of this batch alone (the
             # smallest change that meets eps, box included); the dual still learns from it.
-            q = self._project_batch(zd, key, n_b, s_b, y_b, in_batch)
+            q = self._project_batch(zd, key, n_b.to(dt), y)
+        elif N == 1 and self.pooled == "hard" and not (self._residual or self._decision):
+            q = self._serve_single(shifted, key)
         else:
-            q = self._serve_stream(shifted, key, n_b, in_batch, seen)
-            if self.prediction_bounds is not None:
-                q = q.clamp(*self.prediction_bounds)
-        out_b = torch.bincount(key, weights=q, minlength=C * S).view(C, S)
-        self.out_sum.add_(out_b)
-        value_b = out_b
+            q = self._serve_stream(shifted, key, n_b.to(dt))
+        if N < self.b_tau and self.prediction_bounds is not None:
+            q = q.clamp(*self.prediction_bounds)
+        self.out_sum.view(-1).index_add_(0, key, q)
         if self._decision:
-            value_b = torch.bincount(key, weights=(q >= self.threshold).to(dt),
-                                     minlength=C * S).view(C, S)
-            self.positive_sum.add_(value_b)
-        if z.numel() > 1:  # a single prediction has no batch gap
-            cnt = n_b.clamp(min=1)
-            self._batch_stats(value_b / cnt, in_batch, z.numel(),
-                              None if y_b is None else y_b / cnt)
-        self.squared_adjustment.add_(((q - zd) ** 2).sum())
-        self.cumulative_samples.add_(z.numel())
+            self.positive_sum.view(-1).index_add_(0, key, (q >= self.threshold).to(dt))
+        if N > 1:  # a single prediction has no batch gap
+            self._batch_stats(q, key, n_b, y)
+        diff = q - zd
+        self.squared_adjustment.add_(torch.dot(diff, diff))
+        self.cumulative_samples.add_(N)
         self.num_batches.add_(1)
         torch.maximum(self.lambda_max, self._lam.max(), out=self.lambda_max)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("fair inference batch %d: size %d, lambda max %.4f",
-                         int(self.num_batches), z.numel(), float(self.lambda_max))
-        return q.to(scores.dtype).view(scores.shape)
+                         int(self.num_batches), N, float(self.lambda_max))
+        return q
 
-    def _project_batch(self, zd: Tensor, key: Tensor, n_b: Tensor, s_b: Tensor,
-                       y_b: Tensor | None, in_batch: Tensor) -> Tensor:
+    def _project_batch(self, zd: Tensor, key: Tensor, n_b: Tensor, y: Tensor | None) -> Tensor:
         """The exact projection of one batch onto its own constraint."""
         S, C = self.num_groups, self.num_classes
         eps = self.fairness_tolerance
         if self._decision:
             return decision_band_project(zd, key, C, S, eps, self.threshold)
         if self._residual:
-            targets = y_b / n_b.clamp(min=1)  # type: ignore[operator]
+            targets = self._cell_sums(key, y) / n_b.clamp(min=1)  # type: ignore[arg-type]
             return project_cells(zd, key, C, S, eps, self.prediction_bounds, targets).q
         if self.prediction_bounds is None:
             # Without bounds the projection shifts whole groups: the closed-form band
             # projection of the raw group means, weighted by the group sizes.
-            raw_mean = s_b / n_b.clamp(min=1)
+            in_batch = n_b > 0
+            raw_mean = self._cell_sums(key, zd) / n_b.clamp(min=1)
             target = band_project(raw_mean, n_b, eps, in_batch)
             return zd + torch.where(in_batch, target - raw_mean, 0.0).view(-1)[key]
         return project_groups(zd, key, C * S, C, eps, self.prediction_bounds)[0]
 
-    def _serve_stream(self, shifted: Tensor, key: Tensor, n_b: Tensor, in_batch: Tensor,
-                      seen: Tensor) -> Tensor:
+    def _cell_sums(self, key: Tensor, values: Tensor) -> Tensor:
+        """Sum of ``values`` per cell, (C, S)."""
+        C, S = self.num_classes, self.num_groups
+        return torch.bincount(key, weights=values, minlength=C * S).view(C, S)
+
+    def _serve_stream(self, shifted: Tensor, key: Tensor, n_b: Tensor) -> Tensor:
         """Small batch: the offset scores, corrected so that the pooled constraint holds
         (``pooled="hard"``) and, for the parity of means, the batch's own band too."""
         S, C = self.num_groups, self.num_classes
@@ -396,8 +428,8 @@ class FairInference(torch.nn.Module):
             return decision_band_project(shifted, key, C, S, eps, self.threshold,
                                          prior_count=self.count - n_b,
                                          prior_pos=self.positive_sum)
-        mean_b = torch.bincount(key, weights=shifted, minlength=C * S).view(C, S) \
-            / n_b.clamp(min=1)
+        in_batch = n_b > 0
+        mean_b = self._cell_sums(key, shifted) / n_b.clamp(min=1)
         if self._residual:
             # Each group's pooled mean into its pooled label mean +/- eps: the smallest shift.
             count = self.count.clamp(min=1)
@@ -405,43 +437,43 @@ class FairInference(torch.nn.Module):
             ybar = self.label_sum / count
             target = pooled.clamp(min=ybar - eps, max=ybar + eps)
             delta = torch.where(in_batch, (target - pooled) * count / n_b.clamp(min=1), 0.0)
-        elif shifted.numel() == 1 and self.pooled == "hard":
-            delta = self._shift_single(mean_b, in_batch, seen)
         else:
-            delta = self._shifts_stream(mean_b, n_b, in_batch, seen)
+            delta = self._shifts_stream(mean_b, n_b, in_batch, self.count > 0)
         return shifted + delta.view(-1)[key]
 
-    def _dual_step(self, share: Tensor, seen: Tensor) -> None:
-        count = self.count.clamp(min=1)
-        # The primal response to the current offsets, per cell.
+    def _dual_step(self, share: Tensor) -> None:
+        count = self.count
+        # The primal response to the current offsets, per cell; NaN in cells not seen yet,
+        # so that constraints involving them enter the dual step as NaN and are left out.
         if self._decision:
             r = self.response_positive_sum / count
         else:
             r = self.raw_sum / count - self._offsets(share)
         if self._residual:
-            ybar = self.label_sum / count
-            c = torch.stack([r - ybar, ybar - r], -1) - self.fairness_tolerance
-            c = torch.where(seen.unsqueeze(-1), c, float("nan"))
+            d = r - self.label_sum / count
+            c = torch.stack([d, -d], -1) - self._eps
         else:
-            g, h = self._pair_g, self._pair_h
-            c = r[:, g] - r[:, h] - self.fairness_tolerance
-            # Pairs with a group not seen yet have no constraint value: NaN is masked out.
-            c = torch.where(seen[:, g] & seen[:, h], c, float("nan"))
+            c = r.index_select(1, self._pair_g) - r.index_select(1, self._pair_h) - self._eps
         self.dual._apply_dual_step([c.reshape(-1).to(self._lam.dtype)])
 
-    def _shift_single(self, value: Tensor, in_batch: Tensor, seen: Tensor) -> Tensor:
-        """One prediction moves only its own group's pooled mean: a 1-D projection onto the
-        interval that keeps that mean within eps of every other seen group's."""
-        eps = self.fairness_tolerance
-        count = self.count.clamp(min=1)
-        pooled = (self.out_sum + value) / count  # value is 0 outside the batch's cell
-        others = seen & ~in_batch
-        lo = torch.where(others, pooled, -math.inf).amax(-1, keepdim=True) - eps
-        hi = torch.where(others, pooled, math.inf).amin(-1, keepdim=True) + eps
-        # Others already further apart than eps (only after a large batch): aim at the middle.
-        # With no other group seen, lo = -inf and hi = inf leave the pooled mean as it is.
-        target = torch.where(lo <= hi, pooled.clamp(min=lo, max=hi), 0.5 * (lo + hi))
-        return torch.where(in_batch, (target - pooled) * count, 0.0)
+    def _serve_single(self, z: Tensor, key: Tensor) -> Tensor:
+        """One prediction moves only its own cell's pooled mean: clamp it to the interval
+        that keeps that mean within eps of every other seen group's of its class. When those
+        are already further apart than eps (only after a large batch), aim at the middle;
+        with no other group seen, the prediction stays as it is."""
+        count = self.count  # this prediction counted, its value not yet served
+        # Pooled means of the other seen cells of the class; NaN elsewhere (0/0 when unseen).
+        pooled = (self.out_sum / count).view(-1) + self._not_others.index_select(0, key)[0]
+        lo = torch.nan_to_num(pooled, nan=-math.inf).amax()
+        hi = torch.nan_to_num(pooled, nan=math.inf).amin()
+        bounds = torch.stack([lo, hi]) + self._eps_pm  # [lo - eps, hi + eps]
+        # An empty interval (lo > hi) closes onto its middle; -inf/+inf (no other cell) stay.
+        bounds = torch.addcmul(bounds, self._half_pm, torch.relu(torch.dot(bounds, self._sides)))
+        # The cell's pooled mean (out + q) / n within the bounds, solved for q.
+        n = count.view(-1).index_select(0, key)
+        out = self.out_sum.view(-1).index_select(0, key)
+        x = bounds * n - out
+        return z.clamp(min=x[:1], max=x[1:])
 
     def _shifts_stream(self, mean_b: Tensor, n_b: Tensor, in_batch: Tensor,
                        seen: Tensor) -> Tensor:
@@ -509,14 +541,19 @@ class FairInference(torch.nn.Module):
         lo = torch.where(present, value, math.inf).amin(-1)
         return torch.where(present.sum(-1) >= 2, hi - lo, math.nan)
 
-    def _batch_stats(self, value_b: Tensor, in_batch: Tensor, size: int,
-                     target_b: Tensor | None) -> None:
-        gaps = self._gaps(value_b, in_batch, target_b)
+    def _batch_stats(self, q: Tensor, key: Tensor, n_b: Tensor, y: Tensor | None) -> None:
+        """This batch's gap (per-group means, or positive rates, of the served predictions)
+        into the weighted average of seed 001."""
+        cnt = n_b.clamp(min=1)
+        value = q if not self._decision else (q >= self.threshold).to(q.dtype)
+        value_b = self._cell_sums(key, value) / cnt
+        target_b = None if y is None else self._cell_sums(key, y) / cnt
+        gaps = self._gaps(value_b, n_b > 0, target_b)
         defined = ~torch.isnan(gaps)
         gap = torch.where(defined, gaps, 0.0).amax()
         # A batch's gap is defined when some label class holds two or more groups (any
         # group, for the residual).
-        weight = defined.any() * float(size)
+        weight = defined.any() * float(q.numel())
         self.weighted_gap_sum.add_(weight * gap)
         self.weighted_gap_samples.add_(weight)
         self.cumulative_weighted_violation.add_(weight * (gap - self.fairness_tolerance))

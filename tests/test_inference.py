@@ -413,3 +413,12 @@ def test_a_float32_training_dual_serves_a_float64_wrapper():
     # nu_0 = (lambda_01 - lambda_10) * share_1 = -0.2: group 0 is lifted by 0.2 at once
     assert q.item() == pytest.approx(0.7, abs=1e-6)
     assert dual.duals.dtype == torch.float32
+
+
+def test_labels_of_the_wrong_size_are_refused_for_every_metric():
+    fi = FairInference()  # mean parity: labels are optional, but checked when given
+    before = snapshot(fi)
+    with pytest.raises(ValueError, match="labels must be a tensor of 2 values"):
+        fi.adjust(torch.tensor([0.1, 0.2]), torch.tensor([0, 1]), torch.tensor([1.0, 0.0, 1.0]))
+    after = snapshot(fi)
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])

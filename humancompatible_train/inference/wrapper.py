@@ -295,22 +295,20 @@ class FairInference(torch.nn.Module):
             if not bool((g == g.round()).all()):
                 raise ValueError("groups must hold integer group ids")
             g = g.long()
-        y = None
-        if self.metric in _LABELLED:
-            if labels is None:
+        if labels is None:
+            if self.metric in _LABELLED:
                 raise ValueError(f"metric {self.metric!r} needs labels for every batch")
-            y = labels.reshape(-1) if isinstance(labels, Tensor) else None
-            if y is None or y.shape != flat.shape:
-                raise ValueError(f"labels must be a tensor of {flat.numel()} values, got "
-                                 f"{tuple(labels.shape) if y is not None else type(labels)}")
-            if self._residual:
-                if not bool(torch.isfinite(y).all()):
-                    raise ValueError("labels contain NaN or Inf; nothing was changed")
-            elif not bool(((y == 0) | (y == 1)).all()):
-                raise ValueError(f"labels must be {flat.numel()} values in {{0, 1}}")
-        elif labels is not None and isinstance(labels, Tensor) \
-                and labels.reshape(-1).shape == flat.shape:
-            y = labels.reshape(-1)
+            return flat, g, None
+        # Labels are checked whenever given: they also feed the per-group label means.
+        y = labels.reshape(-1) if isinstance(labels, Tensor) else None
+        if y is None or y.shape != flat.shape:
+            raise ValueError(f"labels must be a tensor of {flat.numel()} values, got "
+                             f"{tuple(labels.shape) if y is not None else type(labels)}")
+        if self._residual:
+            if not bool(torch.isfinite(y).all()):
+                raise ValueError("labels contain NaN or Inf; nothing was changed")
+        elif self.metric == "equalized_odds" and not bool(((y == 0) | (y == 1)).all()):
+            raise ValueError(f"labels must be {flat.numel()} values in {{0, 1}}")
         return flat, g, y
 
     def _cell_counts(self, zd: Tensor, g: Tensor, key: Tensor) -> Tensor:

@@ -402,3 +402,57 @@ def test_equalized_odds_many_groups_against_scipy():
         assert_matches_scipy(q, z, res)
     alpha = (info.counts * info.shifts).sum(-1)
     assert alpha.abs().max() <= 1e-9 * (1 + info.multipliers.sum())
+
+
+# ------------------------------------------------------------------ two groups, one class
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(2, 40), st.integers(0, 2**31), st.sampled_from([0.0, 0.02, 0.3]),
+       st.booleans())
+def test_two_group_search_agrees_with_the_general_sweep(N, seed, eps, ties):
+    """The one-unknown search used for two groups and the general sweep give the same q and
+    band (multipliers may differ only where G is flat, i.e. both groups are on the box)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=N) * 2 + rng.normal()
+    z = np.round(z, 1) if ties else z
+    g = rng.integers(0, 2, size=N)
+    g[:2] = [0, 1]
+    lo, hi = -float(rng.uniform(0.1, 1.5)), float(rng.uniform(0.1, 1.5))
+    zt, gt = torch.tensor(z), torch.tensor(g)
+    n = torch.bincount(gt, minlength=2).double().view(1, 2)
+    t1, d1, _ = solver._pair_boxed(zt, gt, n, eps, lo, hi)
+    t2, d2, _ = solver._band_boxed(zt, gt, n, 1, 2, eps, lo, hi)
+    q1 = (zt + d1.view(-1)[gt]).clamp(lo, hi)
+    q2 = (zt + d2.view(-1)[gt]).clamp(lo, hi)
+    torch.testing.assert_close(q1, q2, rtol=0, atol=1e-9)
+    means = [float(q1[gt == s].mean()) for s in (0, 1)]
+    assert abs(means[0] - means[1]) <= eps + 1e-12
+    assert float(t1) == pytest.approx(min(means), abs=1e-12)
+
+
+@pytest.mark.parametrize("order", [[0, 0, 1, 1], [1, 1, 0, 0]])
+def test_two_groups_on_a_flat_gap_keep_the_smallest_multipliers(order):
+    """eps = 1, box [-1, 1]: group a = (5, 5) stays on hi, group b = (-5, 0.5) has clipped
+    mean -0.25, a gap of 1.25. Raising 0.5 to hi (shift 0.5, multiplier n * 0.5 = 1) meets
+    eps; every larger multiplier up to 8 gives the same q. The smallest one is returned."""
+    z = torch.tensor([5.0, 5.0, -5.0, 0.5], dtype=torch.float64)
+    g = torch.tensor(order)
+    proj = FairProjection(2, 1.0, bounds=(-1.0, 1.0), dtype=torch.float64)
+    q, info = proj.project(z, g)
+    torch.testing.assert_close(q, torch.tensor([1.0, 1.0, -1.0, 1.0], dtype=torch.float64))
+    # (low, up) per group: a binds at the top of the band, b at its bottom.
+    a, b = order[0], order[2]
+    expected = torch.zeros(2, 2, dtype=torch.float64)
+    expected[a, 1] = expected[b, 0] = 1.0
+    torch.testing.assert_close(proj.duals, expected.view(-1))
+
+
+def test_gradcheck_two_groups_box_active():
+    gen = torch.Generator().manual_seed(4)
+    z = (torch.randn(12, generator=gen, dtype=torch.float64) * 1.2).requires_grad_()
+    g = torch.tensor([0, 1] * 6)
+    z.data[g == 1] += 0.8
+    proj = FairProjection(2, 0.05, bounds=(-0.8, 0.9), dtype=torch.float64)
+    assert bool(proj.project(z, g)[1].box_active)
+    assert torch.autograd.gradcheck(lambda v: proj.project(v, g)[0], (z,))

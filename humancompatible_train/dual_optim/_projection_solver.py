@@ -66,7 +66,14 @@ Algorithm (exact: it terminates with the root, no tolerance):
   it. The sweep's sums only pick the piece holding the root; its values carry the rounding
   of an :math:`O(N)` cumulative sum (relative :math:`\sim N \cdot 10^{-16}`), the per-cell
   points are exact. Cost: two sorts of :math:`2N + 2C` keys (the second a merge of sorted
-  runs) and :math:`O(N)` cumulative sums, for any number of groups. The fixed problem uses the same
+  runs) and :math:`O(N)` cumulative sums, for any number of groups.
+* **Box, one class of two groups** (the common case): :math:`\alpha_0 = -\alpha_1` leaves
+  one unknown :math:`s = \alpha_0`, and the gap :math:`M_0(s/n_0) - M_1(-s/n_1)` is a
+  continuous, non-decreasing polyline in ``s`` whose 2N kinks need no per-cell inverse: one
+  sort and two cumulative sums give it everywhere, and ``s`` is interpolated where it meets
+  :math:`\pm\varepsilon` (:func:`_pair_boxed`, about a third of the general sweep's cost).
+
+The fixed problem uses the same
   events: each cell's interval ends are looked up on its own polyline :math:`(M_c, \delta)`
   by counting its events below them (exact comparisons, no float search keys).
 
@@ -273,6 +280,59 @@ def _band_boxed(z: Tensor, cell: Tensor, n: Tensor, K: int, S: int, eps: float, 
     return t, (alpha / n.reshape(-1).clamp(min=1)).view(K, S), P.scale
 
 
+def _pair_boxed(z: Tensor, cell: Tensor, n: Tensor, eps: float, lo: float, hi: float
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """Band problem with the box for one class of two groups; same returns as
+    :func:`_band_boxed`.
+
+    With two cells the stationarity :math:`\\alpha_0 + \\alpha_1 = 0` leaves one unknown,
+    :math:`s = \\alpha_0 = n_0\\delta_0 = -n_1\\delta_1`, and the gap
+    :math:`G(s) = M_0(s/n_0) - M_1(-s/n_1)` is continuous, non-decreasing and piecewise
+    linear in it, with slope :math:`a_0/n_0^2 + a_1/n_1^2` (:math:`a_c` the cell's rows inside
+    the box) and kinks at :math:`s = k_c(lo - z_i)` and :math:`k_c(hi - z_i)`,
+    :math:`k = (n_0, -n_1)`. From :math:`s \\to -\\infty` (cell 0 on ``lo``, cell 1 on ``hi``)
+    one sort of the 2N kinks and two cumulative sums give ``G`` at every kink. If
+    :math:`|G(0)| \\le \\varepsilon` the box alone is the projection (s = 0); otherwise
+    the root of :math:`G(s) = \\pm\\varepsilon` (the sign of :math:`G(0)`) nearest 0 is
+    interpolated on the piece that holds it. One sort of 2N keys instead of the general
+    sweep's two of 2N + 2C. The root carries the rounding of the cumulative sums (relative
+    :math:`\\sim N \\cdot 10^{-16}`: a gap within :math:`4 \\cdot 10^{-11}` of
+    :math:`\\varepsilon` at :math:`N = 10^6`, against :math:`10^{-13}` for the sweep's exact
+    per-cell points).
+    """
+    nn = n.reshape(2).clamp(min=1)
+    k = nn * torch.tensor([1.0, -1.0], dtype=_F64, device=z.device)
+    # Per row: its lo and hi kinks, and the slope change 1 / (k n) at its lo kink (entering
+    # the box for cell 0, leaving it for cell 1); its hi kink changes the slope by the opposite.
+    ends = torch.tensor([[lo], [hi]], dtype=_F64, device=z.device)
+    es, order = torch.sort(((ends - z) * k.index_select(0, cell)).view(-1))
+    u = (1.0 / (k * nn)).index_select(0, cell)
+    # Clamped at 0 so that rounding cannot make G decrease: it is searched below.
+    slope = torch.cat([u, -u]).index_select(0, order).cumsum_(0).clamp_(min=0)
+    G = torch.empty_like(es)
+    G[0] = lo - hi
+    torch.sub(es[1:], es[:-1], out=G[1:]).mul_(slope[:-1])
+    G.cumsum_(0)
+    m = torch.bincount(cell, weights=z.clamp(lo, hi), minlength=2) / nn
+    gap = m[0] - m[1]
+    target = gap.sign() * eps  # a zero gap is slack: its target is never used
+    # The root nearest s = 0: after the last kink with G <= target when s < 0, with
+    # G < target when s > 0 (a flat G, both cells on the box, then keeps the smaller
+    # multiplier); the latter is G <= the float just below the target.
+    key = torch.where(gap > 0, target, torch.nextafter(target, target - 1.0))
+    j = torch.searchsorted(G, key.view(1), right=True).clamp_(1, es.numel() - 1)
+    ij = torch.cat([j - 1, j])
+    (e0, e1), G0, S0 = es.index_select(0, ij), G.index_select(0, ij[:1]), slope.index_select(
+        0, ij[:1])
+    s = torch.minimum(torch.maximum(e0 + (target - G0) / S0.clamp(min=1e-300), e0), e1)
+    s = torch.where(gap.abs() <= eps, 0.0, s)
+    delta = s / k
+    q = (z + delta.index_select(0, cell)).clamp_(lo, hi)
+    t = (torch.bincount(cell, weights=q, minlength=2) / nn).min()
+    zmin, zmax = torch.aminmax(z)
+    return t.view(1), delta.view(1, 2), zmax - zmin + (hi - lo)
+
+
 def _fixed_boxed(z: Tensor, cell: Tensor, n: Tensor, K: int, S: int, lower: Tensor,
                  upper: Tensor, lo: float, hi: float) -> tuple[Tensor, Tensor]:
     """Each cell's mean into its own interval [lower_c, upper_c] (within [lo, hi]);
@@ -405,7 +465,8 @@ def project_cells(z: Tensor, cell: Tensor, K: int, S: int, eps: float,
                 d_box, scale = _fixed_boxed(zd, cell, n, K, S, lower, upper, lo, hi)
                 t_box = band
             else:
-                t_box, d_box, scale = _band_boxed(zd, cell, n, K, S, eps, lo, hi)
+                t_box, d_box, scale = _pair_boxed(zd, cell, n, eps, lo, hi) \
+                    if K == 1 and S == 2 else _band_boxed(zd, cell, n, K, S, eps, lo, hi)
             # Shifts at rounding level (a cell whose mean sits exactly on a kink of the
             # interpolated map) are zero: its constraint does not bind.
             tiny = 1e-12 * (1.0 + max(abs(lo), abs(hi)) + scale)

@@ -17,6 +17,7 @@ Lagrangian are measured in the same run.
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import statistics
 import time
@@ -80,6 +81,22 @@ def variants(features: int, m: int) -> dict:
             return bce(o, y) + torch.dot(lam, c)
         return training_step(lagrangian)
     out["hand-written dual ascent"] = hand_written()
+
+    def hand_written_checked():
+        # The same, plus the two things a dual optimizer does by default: one read of the
+        # constraint values to refuse NaN/Inf before any state changes, and a snapshot of
+        # the multipliers for the Lagrangian (gradient accumulation). The floor for ours.
+        lam = torch.zeros(m)
+
+        def lagrangian(o):
+            c = constraint_values(o, coef)
+            cd = c.detach()
+            if not math.isfinite(float(cd.sum() if m > 1 else cd)):
+                raise ValueError("non-finite constraint")
+            lam.add_(cd, alpha=0.01).clamp_(min=0.0)
+            return bce(o, y) + torch.dot(lam.clone(), c)
+        return training_step(lagrangian)
+    out["hand-written, NaN check + snapshot"] = hand_written_checked()
 
     def ours(cls, **kw):
         # Each variant builds its dual in its own scope, so the closure below cannot pick up

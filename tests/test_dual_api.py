@@ -288,3 +288,59 @@ def test_unchecked_mode_leaves_non_finite_entries_out(make):
     assert after[0] == before[0] and after[2] == before[2]
     assert after[1] > before[1]
     assert torch.isfinite(lagr) and x.grad.tolist() == [0.0, after[1].item(), 0.0]
+
+
+# One group given one tensor, with the default checks, takes a shorter path through
+# forward_update; these tests hold it to the general path's results and errors.
+ONE_GROUP = [
+    lambda: ALM(3, lr=0.3, is_ineq=True, momentum=0.5, restart=True),
+    lambda: ALM(3, lr=0.3, penalty=2.0, augmentation="hpr", is_ineq=True),
+    lambda: ALM(3, lr=0.3, penalty=1.0, dual_range=(-1.0, 0.4)),
+    lambda: PrimalDual(3, eta_0=0.7, is_ineq=True),
+]
+
+
+@pytest.mark.parametrize("make", ONE_GROUP)
+def test_one_tensor_and_the_general_path_give_the_same_trajectory(make):
+    fast, general = make(), make()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        c = torch.randn(3, generator=gen)
+        loss = torch.randn((), generator=gen)
+        grads = []
+        for dual, layout in ((fast, lambda v: v), (general, lambda v: [v])):
+            w = c.clone().requires_grad_()
+            lagr = dual.forward_update(loss, layout(w * 1.0))
+            lagr.backward()
+            grads.append((lagr.detach(), w.grad))
+        assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+        assert torch.equal(fast.duals, general.duals)
+    assert fast.state_dict()["state"][0]["step"] == 6
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.tensor([0.0, float("nan"), 1.0]), r"group 'g0' at index \[1\]"),
+        (torch.tensor([float("-inf"), 0.0, float("inf")]), r"group 'g0' at index \[0, 2\]"),
+        (torch.zeros(3, dtype=torch.float64), r"dtype torch.float64"),
+        (torch.zeros(2), r"expected 3 constraint values"),
+        (torch.zeros(3, 1), r"flat tensor of shape \(3,\)"),
+    ],
+)
+def test_one_group_errors_change_nothing(bad, match):
+    dual = ONE_GROUP[0]()
+    dual.forward_update(torch.tensor(0.0), torch.tensor([1.0, -2.0, 3.0]))
+    snap = snapshot(dual)
+    with pytest.raises(ValueError, match=match):
+        dual.forward_update(torch.tensor(0.0), bad)
+    with pytest.raises(ValueError, match=r"loss must be a scalar"):
+        dual.forward_update(torch.zeros(2), torch.ones(3))
+    assert_unchanged(dual, snap)
+
+
+def test_one_group_overflowing_sum_passes_the_check():
+    dual = ALM(2, lr=1e-38, is_ineq=True)
+    lagr = dual.forward_update(torch.tensor(0.0), torch.tensor([3e38, 3e38]))
+    assert torch.isfinite(dual.duals).all() and dual.duals.tolist() == pytest.approx([3.0, 3.0])
+    assert lagr.item() == float("inf")  # 3 * 3e38 * 2 overflows float32 in the Lagrangian

@@ -145,13 +145,14 @@ class ALM(DualOptimizer):
             duals.masked_fill_(c < 0, 0.0)
 
     def _lagrangian_term(self, group: dict[str, Any], duals: Tensor, c: Tensor) -> Tensor:
-        aug, rho = group["augmentation"], group["penalty"]
+        aug = group["augmentation"]
+        if aug is None:
+            return linear_term(duals, c)
+        rho = group["penalty"]
         if aug == "hpr" and group["is_ineq"]:
             shifted = torch.relu(duals + rho * c)
             return (shifted.square().sum() - duals.square().sum()) / (2.0 * rho)
         linear = linear_term(duals, c)
-        if aug is None:
-            return linear
         violation = torch.relu(c) if group["is_ineq"] else c
         return linear + 0.5 * rho * violation.square().sum()
 

@@ -71,7 +71,7 @@ Algorithm (exact: it terminates with the root, no tolerance):
   one unknown :math:`s = \alpha_0`, and the gap :math:`M_0(s/n_0) - M_1(-s/n_1)` is a
   continuous, non-decreasing polyline in ``s`` whose 2N kinks need no per-cell inverse: one
   sort and two cumulative sums give it everywhere, and ``s`` is interpolated where it meets
-  :math:`\pm\varepsilon` (:func:`_pair_boxed`, about a third of the general sweep's cost).
+  :math:`\pm\varepsilon` (:func:`_pair_boxed`, under half the general sweep's cost).
 
 The fixed problem uses the same
   events: each cell's interval ends are looked up on its own polyline :math:`(M_c, \delta)`

@@ -187,14 +187,15 @@ def test_permutation_invariance(seed, boxed, S):
     torch.testing.assert_close(infop.multipliers, info.multipliers, rtol=0, atol=1e-9)
 
 
-def test_one_hot_groups_and_both_paths_agree(monkeypatch):
+@pytest.mark.parametrize("S", [2, 4])
+def test_one_hot_groups_and_both_paths_agree(monkeypatch, S):
     gen = torch.Generator().manual_seed(1)
     z = torch.randn(500, generator=gen, dtype=torch.float64) * 2
-    g = torch.randint(0, 4, (500,), generator=gen)
+    g = torch.randint(0, S, (500,), generator=gen)
     z = z + g
-    proj = FairProjection(4, 0.1, bounds=(-1.0, 3.0), dtype=torch.float64)
+    proj = FairProjection(S, 0.1, bounds=(-1.0, 3.0), dtype=torch.float64)
     q, info = proj.project(z, g)
-    q1, _ = proj.project(z, torch.nn.functional.one_hot(g, 4).float())
+    q1, _ = proj.project(z, torch.nn.functional.one_hot(g, S).float())
     torch.testing.assert_close(q1, q)
     assert bool(info.box_active)
     # The accelerator path (no host branch: both solutions computed, one selected).

@@ -301,10 +301,13 @@ def _pair_boxed(z: Tensor, cell: Tensor, n: Tensor, eps: float, lo: float, hi: f
     per-cell points).
     """
     nn = n.reshape(2).clamp(min=1)
-    k = nn * torch.tensor([1.0, -1.0], dtype=_F64, device=z.device)
+    # Built on the device (no tensors from Python lists: on an accelerator those are copies
+    # from the host that wait for it).
+    k = torch.cat([nn[:1], -nn[1:]])
+    ends = torch.full((2, 1), hi, dtype=_F64, device=z.device)
+    ends[0] = lo
     # Per row: its lo and hi kinks, and the slope change 1 / (k n) at its lo kink (entering
     # the box for cell 0, leaving it for cell 1); its hi kink changes the slope by the opposite.
-    ends = torch.tensor([[lo], [hi]], dtype=_F64, device=z.device)
     es, order = torch.sort(((ends - z) * k.index_select(0, cell)).view(-1))
     u = (1.0 / (k * nn)).index_select(0, cell)
     # Clamped at 0 so that rounding cannot make G decrease: it is searched below.

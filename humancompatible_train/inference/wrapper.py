@@ -378,10 +378,12 @@ class FairInference(torch.nn.Module):
         if N < self.b_tau and self.prediction_bounds is not None:
             q = q.clamp(*self.prediction_bounds)
         self.out_sum.view(-1).index_add_(0, key, q)
+        value = q  # what the metric averages: the served scores, or their decisions
         if self._decision:
-            self.positive_sum.view(-1).index_add_(0, key, (q >= self.threshold).to(dt))
+            value = (q >= self.threshold).to(dt)
+            self.positive_sum.view(-1).index_add_(0, key, value)
         if N > 1:  # a single prediction has no batch gap
-            self._batch_stats(q, key, n_b, y)
+            self._batch_stats(value, key, n_b, y)
         diff = q - zd
         self.squared_adjustment.add_(torch.dot(diff, diff))
         self.cumulative_samples.add_(N)
@@ -539,11 +541,10 @@ class FairInference(torch.nn.Module):
         lo = torch.where(present, value, math.inf).amin(-1)
         return torch.where(present.sum(-1) >= 2, hi - lo, math.nan)
 
-    def _batch_stats(self, q: Tensor, key: Tensor, n_b: Tensor, y: Tensor | None) -> None:
-        """This batch's gap (per-group means, or positive rates, of the served predictions)
-        into the weighted average of seed 001."""
+    def _batch_stats(self, value: Tensor, key: Tensor, n_b: Tensor, y: Tensor | None) -> None:
+        """This batch's gap (per-group means of ``value``: the served predictions, or their
+        decisions) into the weighted average of seed 001."""
         cnt = n_b.clamp(min=1)
-        value = q if not self._decision else (q >= self.threshold).to(q.dtype)
         value_b = self._cell_sums(key, value) / cnt
         target_b = None if y is None else self._cell_sums(key, y) / cnt
         gaps = self._gaps(value_b, n_b > 0, target_b)
@@ -551,7 +552,7 @@ class FairInference(torch.nn.Module):
         gap = torch.where(defined, gaps, 0.0).amax()
         # A batch's gap is defined when some label class holds two or more groups (any
         # group, for the residual).
-        weight = defined.any() * float(q.numel())
+        weight = defined.any() * float(value.numel())
         self.weighted_gap_sum.add_(weight * gap)
         self.weighted_gap_samples.add_(weight)
         self.cumulative_weighted_violation.add_(weight * (gap - self.fairness_tolerance))

@@ -1,10 +1,19 @@
 """Per-step overhead of a dual optimizer against a plain training step.
 
-Same MLP (64-32), batch 256, one thread; each repetition runs every variant once, in a
-shuffled order (interleaved), so slow drifts of the machine hit all variants alike. Prints the
-median step time of each variant and its ratio to the plain step measured in the same run.
+MLP 64-32, batch 256, one thread; each repetition runs every variant once, in a shuffled order
+(interleaved), so slow drifts of the machine hit all variants alike. Prints the median step
+time of each variant and its ratio to the plain step measured in the same run.
 
-    python benchmarks/overhead.py [--reps 400] [--features 100]
+    python benchmarks/overhead.py [--reps 400] [--setting tensors seed002]
+
+Two settings of the same step:
+
+* ``tensors``: one fixed batch of 100 random features held in memory, the constraints a cheap
+  function of the output -- the step at its smallest, where a dual optimizer's own cost shows
+  most;
+* ``seed002``: seed 002's loop as written, on the shipped Adult data (105 features): each step
+  draws its batch from a shuffling ``DataLoader`` and the constraint is fairret's
+  positive-rate gap minus 0.05 (``m`` > 1 repeats it with ``m`` different weights).
 
 "fixed penalty" computes the same constraint values and adds them with a fixed weight: the
 cost of evaluating the constraints without any dual optimizer; the ratio to it is the dual
@@ -21,10 +30,14 @@ import math
 import random
 import statistics
 import time
+from collections.abc import Callable, Iterator
 
 import torch
 
 from humancompatible_train.dual_optim import ALM, PrimalDual
+
+EPS = 0.05
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def make_model(features: int) -> torch.nn.Module:
@@ -35,39 +48,106 @@ def make_model(features: int) -> torch.nn.Module:
     )
 
 
-def constraint_values(out: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-    # m differentiable constraints from the batch output; identical work for every method.
-    return torch.sigmoid(out).mean() * coef - 0.5
+class Setting:
+    """Where a step's batch comes from and how its m constraint values are computed."""
+
+    features: int
+
+    def batches(self) -> Callable[[], Batch]:
+        """A fresh source of (x, sens, y) batches, one per variant."""
+        raise NotImplementedError
+
+    def constraints(self, logit: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
 
-def variants(features: int, m: int) -> dict:
-    coef = torch.linspace(0.5, 1.5, m)
-    x = torch.randn(256, features)
-    y = (torch.rand(256, 1) < 0.5).float()
+class Tensors(Setting):
+    def __init__(self, m: int) -> None:
+        self.features = 100
+        self.coef = torch.linspace(0.5, 1.5, m)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(256, self.features, generator=gen)
+        y = (torch.rand(256, 1, generator=gen) < 0.5).float()
+        self.batch = (x, torch.zeros(256, 2), y)
+
+    def batches(self) -> Callable[[], Batch]:
+        return lambda: self.batch
+
+    def constraints(self, logit: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
+        # m differentiable constraints from the batch output; identical work for every method.
+        return torch.sigmoid(logit).mean() * self.coef - 0.5
+
+
+class Seed002(Setting):
+    def __init__(self, m: int) -> None:
+        from fairret.statistic import PositiveRate
+
+        from humancompatible_train.datasets import load_adult
+
+        self.data = load_adult().train.tensor_dataset()
+        self.features = self.data[0][0].shape[0]
+        self.statistic = PositiveRate()
+        # m = 1 is seed 002's 0-d constraint; more repeat it with m different weights.
+        self.coef = None if m == 1 else torch.linspace(0.5, 1.5, m)
+
+    def batches(self) -> Callable[[], Batch]:
+        loader = torch.utils.data.DataLoader(
+            self.data, batch_size=256, shuffle=True, generator=torch.Generator().manual_seed(0))
+        it: Iterator[Batch] = iter(loader)
+
+        def draw() -> Batch:
+            nonlocal it
+            try:
+                return next(it)
+            except StopIteration:
+                it = iter(loader)
+                return next(it)
+        return draw
+
+    def constraints(self, logit: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
+        stats = self.statistic(torch.sigmoid(logit), sens)
+        gap = torch.abs(stats[0] - stats[1])
+        return gap - EPS if self.coef is None else gap * self.coef - EPS
+
+
+SETTINGS = {"tensors": Tensors, "seed002": Seed002}
+
+
+def linear(lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """lam . c for a 1-D c, or a 0-d c (seed 002's single constraint) times lam's one entry."""
+    return torch.dot(lam, c) if c.dim() else c * lam.view(())
+
+
+def variants(setting: Setting, m: int) -> dict[str, Callable[[], None]]:
     bce = torch.nn.BCEWithLogitsLoss()
-    out = {}
+    cons = setting.constraints
+    out: dict[str, Callable[[], None]] = {}
+    # One model and one primal optimizer shared by every variant: separate copies sit at
+    # different memory addresses, which alone made two identical plain steps differ by 1-2 %.
+    model = make_model(setting.features)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
 
     def training_step(lagrangian):
-        # Every variant is the same step around its own objective, on its own model and
-        # optimizer; only what lagrangian(output) computes differs.
-        model = make_model(features)
-        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        # Every variant is the same step around its own objective, drawing from its own
+        # (identical) batch source; only what lagrangian(logit, sens, y) computes differs.
+        draw = setting.batches()
 
         def step():
+            x, sens, y = draw()
             opt.zero_grad()
-            lagrangian(model(x)).backward()
+            lagrangian(model(x), sens, y).backward()
             opt.step()
         return step
 
     def plain():
-        return training_step(lambda o: bce(o, y))
+        return training_step(lambda o, s, y: bce(o, y))
     out["plain"] = plain()
 
     def penalty():
         # The same constraint values added with a fixed weight: what computing the
         # constraints costs by itself, without any dual optimizer.
         w = torch.full((m,), 0.01)
-        return training_step(lambda o: bce(o, y) + torch.dot(w, constraint_values(o, coef)))
+        return training_step(lambda o, s, y: bce(o, y) + linear(w, cons(o, s)))
     out["fixed penalty (no dual)"] = penalty()
 
     def hand_written():
@@ -75,10 +155,10 @@ def variants(features: int, m: int) -> dict:
         # input checks, no finiteness test and no state bookkeeping.
         lam = torch.zeros(m)
 
-        def lagrangian(o):
-            c = constraint_values(o, coef)
+        def lagrangian(o, s, y):
+            c = cons(o, s)
             lam.add_(c.detach(), alpha=0.01).clamp_(min=0.0)
-            return bce(o, y) + torch.dot(lam, c)
+            return bce(o, y) + linear(lam, c)
         return training_step(lagrangian)
     out["hand-written dual ascent"] = hand_written()
 
@@ -88,13 +168,13 @@ def variants(features: int, m: int) -> dict:
         # the multipliers for the Lagrangian (gradient accumulation). The floor for ours.
         lam = torch.zeros(m)
 
-        def lagrangian(o):
-            c = constraint_values(o, coef)
+        def lagrangian(o, s, y):
+            c = cons(o, s)
             cd = c.detach()
             if not math.isfinite(float(cd.sum() if m > 1 else cd)):
                 raise ValueError("non-finite constraint")
             lam.add_(cd, alpha=0.01).clamp_(min=0.0)
-            return bce(o, y) + torch.dot(lam.clone(), c)
+            return bce(o, y) + linear(lam.clone(), c)
         return training_step(lagrangian)
     out["hand-written, NaN check + snapshot"] = hand_written_checked()
 
@@ -102,8 +182,7 @@ def variants(features: int, m: int) -> dict:
         # Each variant builds its dual in its own scope, so the closure below cannot pick up
         # another variant's objects.
         dual = cls(m=m, is_ineq=True, **kw)
-        return training_step(
-            lambda o: dual.forward_update(bce(o, y), constraint_values(o, coef)))
+        return training_step(lambda o, s, y: dual.forward_update(bce(o, y), cons(o, s)))
     out["ours ALM"] = ours(ALM, lr=0.01)
     out["ours ALM (check_finite=False)"] = ours(ALM, lr=0.01, check_finite=False)
     out["ours PrimalDual"] = ours(PrimalDual, eta_0=0.5)
@@ -118,8 +197,6 @@ def variants(features: int, m: int) -> dict:
     def cooper_variant():
         import cooper
 
-        model = make_model(features)
-
         class CMP(cooper.ConstrainedMinimizationProblem):
             def __init__(self):
                 super().__init__()
@@ -128,20 +205,21 @@ def variants(features: int, m: int) -> dict:
                                            formulation_type=cooper.formulations.Lagrangian,
                                            multiplier=mult)
 
-            def compute_cmp_state(self, model, x, y):
+            def compute_cmp_state(self, x, sens, y):
                 o = model(x)
                 return cooper.CMPState(
                     loss=bce(o, y),
                     observed_constraints={self.c: cooper.ConstraintState(
-                        violation=constraint_values(o, coef))})
+                        violation=cons(o, sens).reshape(-1))})
 
         cmp = CMP()
-        primal = torch.optim.Adam(model.parameters(), 1e-3)
         dual_opt = torch.optim.SGD(cmp.dual_parameters(), lr=0.01, maximize=True)
-        coop = cooper.optim.SimultaneousOptimizer(cmp, primal, dual_opt)
+        coop = cooper.optim.SimultaneousOptimizer(cmp, opt, dual_opt)
+        draw = setting.batches()
 
         def cooper_step():
-            coop.roll(compute_cmp_state_kwargs={"model": model, "x": x, "y": y})
+            x, sens, y = draw()
+            coop.roll(compute_cmp_state_kwargs={"x": x, "sens": sens, "y": y})
         return cooper_step
 
     try:
@@ -149,43 +227,50 @@ def variants(features: int, m: int) -> dict:
     except ImportError:
         pass
     # A second, identical plain step: its ratio to the first shows the noise floor of this
-    # run (memory layout of each model, caches) that every ratio above carries.
+    # run that every ratio above carries.
     out["plain (second copy)"] = plain()
     return out
+
+
+def measure(steps: dict[str, Callable[[], None]], reps: int, warmup: int,
+            rng: random.Random) -> dict[str, float]:
+    """Median seconds per step of each variant, repetitions interleaved."""
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(warmup):
+        for f in steps.values():
+            f()
+    order = list(steps.items())
+    for _ in range(reps):
+        # A fresh order every round: no variant always runs right after the same one.
+        rng.shuffle(order)
+        for k, f in order:
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(ts) for k, ts in times.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=400)
     ap.add_argument("--warmup", type=int, default=50)
-    ap.add_argument("--features", type=int, default=100)
+    ap.add_argument("--setting", nargs="+", choices=sorted(SETTINGS),
+                    default=["tensors", "seed002"])
     ap.add_argument("--m", type=int, nargs="+", default=[1, 100, 10_000])
     args = ap.parse_args()
     torch.set_num_threads(1)
     rng = random.Random(0)
-    print(f"torch {torch.__version__}, 1 thread, MLP {args.features}-64-32-1, batch 256, "
+    print(f"torch {torch.__version__}, 1 thread, MLP 64-32, batch 256, "
           f"median of {args.reps} interleaved repetitions")
-    for m in args.m:
-        steps = variants(args.features, m)
-        times: dict[str, list[float]] = {k: [] for k in steps}
-        for _ in range(args.warmup):
-            for f in steps.values():
-                f()
-        order = list(steps.items())
-        for _ in range(args.reps):
-            # A fresh order every round: no variant always runs right after the same one.
-            rng.shuffle(order)
-            for k, f in order:
-                t0 = time.perf_counter()
-                f()
-                times[k].append(time.perf_counter() - t0)
-        base = statistics.median(times["plain"])
-        pen = statistics.median(times["fixed penalty (no dual)"])
-        print(f"\nm = {m}")
-        for k, ts in times.items():
-            med = statistics.median(ts)
-            print(f"  {k:32s} {med * 1e6:9.1f} us   {med / base:5.3f}x plain   "
-                  f"{med / pen:5.3f}x fixed penalty")
+    for name in args.setting:
+        for m in args.m:
+            setting = SETTINGS[name](m)
+            med = measure(variants(setting, m), args.reps, args.warmup, rng)
+            base, pen = med["plain"], med["fixed penalty (no dual)"]
+            print(f"\nsetting {name} ({setting.features} features), m = {m}")
+            for k, t in med.items():
+                print(f"  {k:36s} {t * 1e6:9.1f} us   {t / base:5.3f}x plain   "
+                      f"{t / pen:5.3f}x fixed penalty")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,54 @@
+"""The benchmark scripts still run end to end (a few repetitions; their figures are not checked
+here: timings belong to the scripts, never to unit tests)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), *args],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_overhead_runs_both_settings_and_prints_ratios():
+    out = run_script("overhead.py", "--reps", "3", "--warmup", "1", "--m", "1", "3")
+    for setting, features in (("tensors", 100), ("seed002", 105)):
+        for m in (1, 3):
+            assert f"setting {setting} ({features} features), m = {m}" in out
+    # Each variant's line ends with its ratio to the plain step and to the fixed penalty.
+    rows = re.findall(r"^  (.+?)\s+([\d.]+) us\s+([\d.]+)x plain\s+([\d.]+)x fixed penalty$",
+                      out, flags=re.MULTILINE)
+    names = {r[0].strip() for r in rows}
+    assert {"plain", "fixed penalty (no dual)", "ours ALM", "ours PrimalDual",
+            "hand-written, NaN check + snapshot"} <= names
+    for name, _, to_plain, to_penalty in rows:
+        if name == "plain":
+            assert float(to_plain) == 1.0
+        if name == "fixed penalty (no dual)":
+            assert float(to_penalty) == 1.0
+
+
+def test_fairness_tradeoff_runs_one_short_seed():
+    out = run_script("fairness_tradeoff.py", "--datasets", "dutch", "--seeds", "0",
+                     "--epochs", "1")
+    for method in ("unconstrained", "fairret NormLoss", "ours ALM", "ours PrimalDual"):
+        assert re.search(rf"^\s+{re.escape(method)}\s+0\.\d+", out, flags=re.MULTILINE), method
+
+
+def test_inference_and_projection_scripts_run():
+    out = run_script("inference.py", "--reps", "5")
+    assert [int(b) for b in re.findall(r"^\s+(\d+)\s+[\d.]+ ms", out, flags=re.MULTILINE)] == \
+        [1, 16, 64]
+    out = run_script("projection.py", "--quick")
+    assert re.search(r"^\s+2,000\s+2\s+active\s+[\d.]+ ms", out, flags=re.MULTILINE)
+    assert re.search(r"^\s+2,000\s+18\s+active\s+[\d.]+ ms", out, flags=re.MULTILINE)

@@ -25,6 +25,7 @@ Lagrangian are measured in the same run.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import math
 import random
@@ -48,17 +49,18 @@ def make_model(features: int) -> torch.nn.Module:
     )
 
 
-class Setting:
+class Setting(abc.ABC):
     """Where a step's batch comes from and how its m constraint values are computed."""
 
     features: int
 
+    @abc.abstractmethod
     def batches(self) -> Callable[[], Batch]:
         """A fresh source of (x, sens, y) batches, one per variant."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def constraints(self, logit: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The step's m constraint values (0-d for seed 002's single one)."""
 
 
 class Tensors(Setting):

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from humancompatible_train.inference._decision_band import decision_band_project
+from humancompatible_train._projection import decision_band_project
 
 THR = 0.5
 BELOW = math.nextafter(THR, -math.inf)

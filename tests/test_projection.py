@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from scipy.optimize import minimize
 
-from humancompatible_train.dual_optim import _projection_solver as solver
+from humancompatible_train._projection import solver
 from humancompatible_train.dual_optim.projection import FairProjection
 
 # ------------------------------------------------------------------ reference (scipy)

@@ -10,7 +10,7 @@ batch's predictions ``z`` (the large-batch regime of seeds 000/001):
 
 per label class for ``"equalized_odds"``, and :math:`|\bar q_g - \bar y_g| \le \varepsilon`
 per group for ``"mean_residual"``. The solver
-(:mod:`~humancompatible_train.dual_optim._projection_solver`) is exact and differentiable, so
+(:mod:`~humancompatible_train._projection.solver`) is exact and differentiable, so
 a model trains through the projection as its last layer.
 
 Multipliers. The pairwise constraints are written with a band position :math:`t_k` per label
@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._projection_solver import project_cells
+from .._projection import project_cells
 from .base import ConstraintsLike, DualOptimizer
 
 __all__ = ["FairProjection", "ProjectionInfo"]

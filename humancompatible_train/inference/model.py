@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..dual_optim._projection_solver import project_groups
+from .._projection import project_groups
 from .wrapper import FairInference
 
 __all__ = ["FairModel", "FairTrainer", "project_batch"]
@@ -28,7 +28,7 @@ def project_batch(z: Tensor, groups: Tensor, eps: float, num_groups: int,
                   bounds: tuple[float, float] | None = None) -> Tensor:
     r"""Exact, differentiable projection of a batch onto
     :math:`\{q: |\bar q_g - \bar q_h| \le \varepsilon,\ lo \le q \le hi\}`
-    (:func:`~humancompatible_train.dual_optim._projection_solver.project_groups`). A batch with
+    (:func:`~humancompatible_train._projection.solver.project_groups`). A batch with
     one group is returned unchanged."""
     q, _ = project_groups(z.reshape(-1), groups.reshape(-1), num_groups, 1, eps, bounds)
     return q.view_as(z)

@@ -45,10 +45,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._projection import (
+    band_project,
+    decision_band_project,
+    project_cells,
+    project_groups,
+    two_slab_qp,
+)
 from ..dual_optim import PrimalDual
-from ..dual_optim._projection_solver import project_cells, project_groups
-from ._band import band_project, two_slab_qp
-from ._decision_band import decision_band_project
 
 __all__ = ["FairInference"]
 

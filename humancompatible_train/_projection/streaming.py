@@ -7,13 +7,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..dual_optim._projection_solver import _band_unboxed
+from .solver import _band_unboxed
 
 
 def band_project(x: Tensor, w: Tensor, eps: float, present: Tensor) -> Tensor:
     r"""Project group values ``x`` (C, S) onto a band of width ``eps`` in the metric
     :math:`\sum_g w_g (y_g - x_g)^2`, groups outside ``present`` untouched (the weighted band
-    projection of :mod:`humancompatible_train.dual_optim._projection_solver`)."""
+    projection of :mod:`humancompatible_train._projection.solver`)."""
     _, delta = _band_unboxed(x, torch.where(present, w, torch.zeros_like(w)), eps)
     return x + delta
 

@@ -11,7 +11,7 @@ the multiplier over the last epoch (std / mean of the larger one).
 
 Methods (``--methods``):
 
-* ``default``: ``nuPI(m=2, is_ineq=True)`` with its class defaults, dual step on the
+* ``default``: ``AdaptiveDual(m=2, is_ineq=True)`` with its class defaults, dual step on the
   training batches, last iterate.
 * ``validated``: the same dual optimizer driven by validation batches
   (``HeldOutConstraints``, margin ``--margin``), the iterate chosen by ``BestIterate`` on the
@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from humancompatible_train.datasets import load_adult, load_dutch  # noqa: E402
 from humancompatible_train.dual_optim import (  # noqa: E402
     ALM,
+    AdaptiveDual,
     BestIterate,
     GroupThresholds,
     HeldOutConstraints,
@@ -92,8 +93,10 @@ def parse(method: str) -> tuple[str, dict[str, float]]:
 def make_dual(method: str):
     """The dual optimizer of a method (None: no multipliers)."""
     name, kw = parse(method)
-    if name in ("default", "validated", "nupi"):
-        kw.pop("margin", None)
+    kw = {k: v for k, v in kw.items() if k not in ("margin", "dmargin")}
+    if name in ("default", "validated"):
+        return AdaptiveDual(m=2, is_ineq=True, **kw)
+    if name == "nupi":
         return nuPI(m=2, is_ineq=True, **kw)
     if name.startswith("alm-"):
         return ALM(m=2, lr=float(name[4:]), is_ineq=True)
@@ -191,7 +194,9 @@ class Run:
         tr = self.data.train
         X, S, Y = tr.X, tr.onehot(), tr.y
         n = len(Y)
-        chooser = BestIterate() if self.validated else None
+        margin = self.kw.get("margin", MARGIN)
+        # Feasible on validation at eps - margin: the margin the dual step trained for.
+        chooser = BestIterate(tolerance=-margin) if self.validated else None
         trace: list[torch.Tensor] = []
         epoch_ends, history = [], []
         t0 = time.perf_counter()
@@ -367,6 +372,7 @@ def main() -> None:
     ap.add_argument("--results", default="benchmarks/results/fairness_tradeoff.json",
                     help="JSON cache of per-run results (resumable)")
     ap.add_argument("--summary-only", action="store_true", help="print from the cache only")
+    ap.add_argument("--plot", default=None, help="write the multiplier-trace figure (PNG) here")
     args = ap.parse_args()
     torch.set_num_threads(1)
     path = Path(args.results)
@@ -375,6 +381,34 @@ def main() -> None:
     if not args.summary_only:
         run_grid(args, results, path)
     summary(args, results)
+    if args.plot:
+        plot_traces(results, args.plot)
+
+
+def plot_traces(results: dict, path: str, ds: str = "dutch", eps: float = 0.05,
+                seed: int = 0) -> None:
+    """Multiplier traces of the default and of ALM at two dual steps, batch 64 and 1024."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+    for ax, batch in zip(axes, (64, 1024)):
+        for method, style in (("alm-1", ":"), ("alm-0.1", "--"), ("default", "-")):
+            r = results.get(key(ds, seed, eps, batch, method))
+            if r is None or "lambda trace" not in r:
+                continue
+            steps = [i * r["trace stride"] for i in range(len(r["lambda trace"]))]
+            ax.plot(steps, r["lambda trace"], style, lw=1.2,
+                    label="nuPI() defaults" if method == "default" else f"ALM lr={method[4:]}")
+        ax.set_title(f"{ds.capitalize()}, eps = {eps}, batch {batch}")
+        ax.set_xlabel("training step")
+    axes[0].set_ylabel("multiplier")
+    axes[0].legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -236,14 +236,22 @@ def test_errors_leave_the_state_unchanged(calls):
 LOCAL = {0: [[1.0, -2.0], [0.5, 0.5], [-1.0, 3.0]], 1: [[3.0, 0.0], [-0.5, 1.5], [2.0, -1.0]]}
 
 
+def _duals(process_group=None):
+    from humancompatible_train.dual_optim import AdaptiveDual
+
+    return (nuPI(2, lr=0.5, kappa_p=2.0, nu=0.5, is_ineq=True, process_group=process_group),
+            AdaptiveDual(2, lr=0.5, kappa_p=1.0, process_group=process_group))
+
+
 def _worker(rank, world, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
     try:
-        dual = nuPI(2, lr=0.5, kappa_p=2.0, nu=0.5, is_ineq=True, process_group=dist.group.WORLD)
+        duals = _duals(dist.group.WORLD)
         for c in LOCAL[rank]:
-            dual.forward_update(torch.tensor(0.0), torch.tensor(c))
-        torch.save({"duals": dual.duals}, os.path.join(out_dir, f"rank{rank}.pt"))
+            for dual in duals:
+                dual.forward_update(torch.tensor(0.0), torch.tensor(c))
+        torch.save({"duals": [d.duals for d in duals]}, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -256,8 +264,192 @@ def test_two_processes_hold_identical_multipliers_equal_to_the_averaged_run():
                            start_method="spawn")
         r0 = torch.load(os.path.join(tmp, "rank0.pt"), weights_only=True)
         r1 = torch.load(os.path.join(tmp, "rank1.pt"), weights_only=True)
-    single = nuPI(2, lr=0.5, kappa_p=2.0, nu=0.5, is_ineq=True)
+    singles = _duals()
     for c0, c1 in zip(LOCAL[0], LOCAL[1]):
-        single.step((torch.tensor(c0) + torch.tensor(c1)) / 2)
-    assert torch.equal(r0["duals"], r1["duals"])
-    assert torch.equal(r0["duals"], single.duals)
+        for single in singles:
+            single.step((torch.tensor(c0) + torch.tensor(c1)) / 2)
+    for a, b, single in zip(r0["duals"], r1["duals"], singles):
+        assert torch.equal(a, b)
+        assert torch.equal(a, single.duals)
+
+
+# ------------------------------------------------------------------ AdaptiveDual
+def adaptive_by_hand(cs, lr, beta, clip, offset):
+    """The standardised step written out independently (kappa_p = 0)."""
+    lam = np.zeros(len(cs[0]))
+    noise = np.zeros(len(cs[0]))
+    weight = 0.0
+    prev = None
+    out = []
+    for c in np.asarray(cs, dtype=np.float64):
+        d2 = c ** 2 if prev is None else 0.5 * (c - prev) ** 2
+        noise = beta * noise + (1 - beta) * d2
+        weight = beta * weight + (1 - beta)
+        z = np.clip(c / np.sqrt(noise / weight), -clip, clip) + offset
+        lam = lam + lr * z
+        prev = c
+        out.append(lam.copy())
+    return out
+
+
+def test_adaptive_first_step_and_sequence_by_hand():
+    from humancompatible_train.dual_optim import AdaptiveDual
+
+    dual = AdaptiveDual(2, lr=1.0, beta=0.5, clip=3.0, offset=0.0, dtype=torch.float64)
+    dual.step(torch.tensor(C[0], dtype=torch.float64))
+    assert dual.duals.tolist() == [1.0, -1.0]  # z_0 = sign(c_0)
+    # Step 2 by hand: v = 0.5*(0.125, 0.5) + 0.5*0.5*(0.0625, 9) = (0.078125, 2.5),
+    # weight 0.75, z = c / sqrt(v / weight).
+    dual.step(torch.tensor(C[1], dtype=torch.float64))
+    z = np.array([0.25, 2.0]) / np.sqrt(np.array([0.078125, 2.5]) / 0.75)
+    np.testing.assert_allclose(dual.duals.numpy(), [1.0, -1.0] + z, rtol=0, atol=1e-15)
+    for c in C[2:]:
+        dual.step(torch.tensor(c, dtype=torch.float64))
+    np.testing.assert_allclose(dual.duals.numpy(),
+                               adaptive_by_hand(C, 1.0, 0.5, 3.0, 0.0)[-1], atol=1e-14)
+
+
+def test_adaptive_clip_offset_and_clamp():
+    from humancompatible_train.dual_optim import AdaptiveDual
+
+    cs = [[1.0], [1.2], [-5.0], [0.2], [-0.1]]
+    dual = AdaptiveDual(1, lr=0.1, beta=0.9, clip=2.0, offset=0.5, is_ineq=True,
+                        dtype=torch.float64)
+    # The clamp does not feed back into z: the clamped sequence adds the same increments.
+    unclamped = [0.0] + [v[0] for v in adaptive_by_hand(cs, 0.1, 0.9, 2.0, 0.5)]
+    lam = 0.0
+    for i, c in enumerate(cs):
+        lam = max(0.0, lam + unclamped[i + 1] - unclamped[i])
+        dual.step(torch.tensor(c, dtype=torch.float64))
+        assert dual.duals.item() == pytest.approx(lam, abs=1e-14)
+    # A constant value: its noise estimate decays to nothing, and the step is clipped at
+    # lr * (clip + offset) = 0.25.
+    const = AdaptiveDual(1, lr=0.1, beta=0.9, clip=2.0, offset=0.5, dtype=torch.float64)
+    for _ in range(200):
+        before = const.duals.item()
+        const.step(torch.tensor([1.0], dtype=torch.float64))
+    assert const.duals.item() - before == pytest.approx(0.25)
+
+
+def test_adaptive_is_nupi_on_standardised_values():
+    from humancompatible_train.dual_optim import AdaptiveDual
+    from humancompatible_train.dual_optim.adaptive import standardize
+
+    g = torch.Generator().manual_seed(5)
+    cs = torch.randn(30, 3, generator=g, dtype=torch.float64) * 0.05 + 0.01
+    ada = AdaptiveDual(3, lr=0.2, kappa_p=3.0, nu=0.7, offset=0.1, dtype=torch.float64)
+    ref = nuPI(3, lr=0.2, kappa_p=3.0, nu=0.7, dtype=torch.float64)
+    prev, noise, weight = (torch.zeros(3, dtype=torch.float64) for _ in range(3))
+    started = torch.zeros(3, dtype=torch.bool)
+    for c in cs:
+        z = standardize(c, prev, noise, weight, started, beta=0.99, clip=3.0) + 0.1
+        started.fill_(True)
+        ada.step(c)
+        ref.step(z)
+        assert torch.equal(ada.duals, ref.duals)
+
+
+def test_adaptive_step_scales_with_the_noise_not_the_batch():
+    """Two streams with the same mean violation and 4x the noise: the multiplier of the
+    noisier one moves about 4x less per step (the square-root batch-size scaling)."""
+    from humancompatible_train.dual_optim import AdaptiveDual
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(4000, generator=g, dtype=torch.float64)
+    quiet = AdaptiveDual(1, offset=0.0, dtype=torch.float64)
+    loud = AdaptiveDual(1, offset=0.0, dtype=torch.float64)
+    for e in noise:
+        quiet.step((0.01 + 0.01 * e).reshape(1))
+        loud.step((0.01 + 0.04 * e).reshape(1))
+    ratio = quiet.duals.item() / loud.duals.item()
+    assert 3.0 < ratio < 5.0
+
+
+def test_adaptive_reaches_the_kkt_point_within_its_dither():
+    """Deterministic constraints: the clipped step dithers within lr * clip of lambda*."""
+    from humancompatible_train.dual_optim import AdaptiveDual
+
+    x_star, lam_star = kkt_reference()
+    At, bt, at = (torch.tensor(v) for v in (A, B, TARGET))
+    x = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([x], lr=0.1)
+    dual = AdaptiveDual(3, lr=0.003, offset=0.0, is_ineq=True, dtype=torch.float64)
+    lams = []
+    for step in range(2000):
+        for _ in range(5):
+            opt.zero_grad()
+            dual.forward(0.5 * ((x - at) ** 2).sum(), At @ x - bt).backward()
+            opt.step()
+        dual.step(At @ x.detach() - bt)
+        if step >= 1500:
+            lams.append(dual.duals.numpy())
+    tol = 3 * 0.003 * 3.0  # a few clipped steps
+    np.testing.assert_allclose(np.mean(lams, axis=0), lam_star, atol=tol)
+    np.testing.assert_allclose(x.detach().numpy(), x_star, atol=tol)
+
+
+def test_adaptive_resume_is_bitwise_identical():
+    from humancompatible_train.dual_optim import AdaptiveDual
+
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
+                                    torch.nn.Linear(8, 1))
+        return (model, torch.optim.Adam(model.parameters(), lr=1e-2),
+                AdaptiveDual(2, lr=0.05, kappa_p=1.0, is_ineq=True))
+
+    model, opt, dual = make()
+    _train(model, opt, dual, range(30))
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                "dual": dual.state_dict()}, buf)
+    _train(model, opt, dual, range(30, 60))
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    model2, opt2, dual2 = make()
+    model2.load_state_dict(ckpt["model"])
+    opt2.load_state_dict(ckpt["opt"])
+    dual2.load_state_dict(ckpt["dual"])
+    _train(model2, opt2, dual2, range(30, 60))
+    assert torch.equal(dual.duals, dual2.duals)
+
+
+@pytest.mark.parametrize("kwargs", [{"beta": 1.0}, {"clip": 0.0}, {"offset": float("inf")},
+                                    {"beta": -0.5}])
+def test_adaptive_bad_hyperparameters_raise(kwargs):
+    from humancompatible_train.dual_optim import AdaptiveDual
+
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        AdaptiveDual(1, **kwargs)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.one_of(
+    st.lists(st.floats(-2, 2), min_size=2, max_size=2),
+    st.sampled_from([[float("nan"), 0.0], [1.0], [1.0, 2.0, 3.0]]),
+), min_size=1, max_size=8))
+def test_adaptive_errors_leave_the_state_unchanged(calls):
+    from humancompatible_train.dual_optim import AdaptiveDual
+
+    dual = AdaptiveDual(2, is_ineq=True, dtype=torch.float64)
+    for values in calls:
+        before = _snapshot(dual)
+        try:
+            dual.step(torch.tensor(values, dtype=torch.float64))
+        except ValueError:
+            assert _snapshot(dual) == before
+
+
+def test_adaptive_masked_entries_keep_their_noise_estimate():
+    from humancompatible_train.dual_optim import AdaptiveDual
+
+    dual = AdaptiveDual(2, lr=1.0, beta=0.5, offset=0.0, check_finite=False,
+                        dtype=torch.float64)
+    dual.step(torch.tensor([0.5, float("nan")], dtype=torch.float64))
+    dual.step(torch.tensor([0.25, 2.0], dtype=torch.float64))
+    # Entry 1's first finite value is its first step: z = sign(2) = 1.
+    assert dual.duals[1].item() == 1.0
+    ref = AdaptiveDual(1, lr=1.0, beta=0.5, offset=0.0, dtype=torch.float64)
+    for c in (0.5, 0.25):
+        ref.step(torch.tensor([c], dtype=torch.float64))
+    assert dual.duals[0].item() == ref.duals.item()

@@ -87,7 +87,8 @@ class GroupThresholds:
         return f"GroupThresholds(eps={self.eps}, margin={self.margin}, thresholds={t})"
 
     @staticmethod
-    def _check(scores: Any, groups: Any, labels: Any = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _check(scores: Any, groups: Any, labels: Any = None
+               ) -> tuple[Tensor, Tensor, Tensor | None]:
         if not isinstance(scores, Tensor) or not scores.is_floating_point():
             raise fail("scores", "a floating tensor", type(scores).__name__)
         s = scores.detach().reshape(-1).double().cpu()

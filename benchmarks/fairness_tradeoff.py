@@ -20,6 +20,8 @@ Methods (``--methods``):
   ``decisions`` columns of that run.
 * ``alm-0.03``, ``alm-0.1``, ``alm-0.3``, ``alm-1``: ``ALM`` at that dual step (the
   hand-tuned reference).
+* ``proxy``: the default dual optimizer stepping on the rows of the *decisions* of each
+  training batch (proxy constraints, ``dual_constraints=``); probabilities give the gradient.
 * ``unconstrained``, ``fairret``, and the peers when installed (the ``compare`` extra):
   ``hct-0.1`` (humancompatible-train's ALM at dual lr 0.1), ``cooper-0.1`` (Cooper's
   Lagrangian with simultaneous updates, dual lr 0.1). Not part of the default grid.
@@ -68,7 +70,12 @@ _STAT = PositiveRate()
 
 def rows(logit: torch.Tensor, onehot: torch.Tensor, eps: float) -> torch.Tensor:
     """The pairwise rows PR[0] - PR[1] - eps and PR[1] - PR[0] - eps (two groups)."""
-    stats = _STAT(torch.sigmoid(logit), onehot)
+    return rows_of(torch.sigmoid(logit), onehot, eps)
+
+
+def rows_of(prob: torch.Tensor, onehot: torch.Tensor, eps: float) -> torch.Tensor:
+    """The pairwise rows of probabilities (or of 0/1 decisions)."""
+    stats = _STAT(prob, onehot)
     diff = stats[0] - stats[1]
     return torch.stack([diff, -diff]) - eps
 
@@ -94,7 +101,7 @@ def make_dual(method: str):
     """The dual optimizer of a method (None: no multipliers)."""
     name, kw = parse(method)
     kw = {k: v for k, v in kw.items() if k not in ("margin", "dmargin")}
-    if name in ("default", "validated"):
+    if name in ("default", "validated", "proxy"):
         return AdaptiveDual(m=2, is_ineq=True, **kw)
     if name == "nupi":
         return nuPI(m=2, is_ineq=True, **kw)
@@ -145,8 +152,15 @@ class Run:
             held = HeldOutConstraints(batches, lambda x, s: rows(model(x), s, eps), model=model,
                                       margin=self.kw.get("margin", MARGIN))
 
+        proxy = self.name == "proxy"
+
         def step(x, s, y):
             logit = model(x)
+            if proxy:  # decisions drive the dual step, probabilities give the gradient
+                with torch.no_grad():
+                    decided = rows_of((torch.sigmoid(logit) >= 0.5).to(logit.dtype), s, eps)
+                return dual.forward_update(bce(logit, y), rows(logit, s, eps),
+                                           dual_constraints=decided)
             return dual.forward_update(bce(logit, y), rows(logit, s, eps),
                                        dual_constraints=None if held is None else held())
         return step
@@ -361,6 +375,49 @@ def figures(args, results: dict) -> None:
               f"{100 * max(c for _, c in dec):.2f} points)")
 
 
+LABELS = {
+    "default": "**`AdaptiveDual()` defaults**",
+    "validated": "**validated** (held-out dual step, best iterate)",
+    "alm-0.03": "`ALM(lr=0.03)`", "alm-0.1": "`ALM(lr=0.1)`", "alm-0.3": "`ALM(lr=0.3)`",
+    "alm-1": "`ALM(lr=1)`",
+}
+
+
+def markdown(args, results: dict) -> None:
+    """One row per data set and method over the whole grid: mean test accuracy, mean excess
+    of each gap over eps, and how many runs meet eps."""
+    print("\n| data | method | test acc. | gap - eps: train / val / test | meets eps: train / "
+          "val / test | decisions: test gap - eps | decisions meet eps + 0.01 | multiplier "
+          "spread (median) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for ds in args.datasets:
+        for method in args.methods:
+            runs = [(e, results[k]) for s, e, b in itertools.product(
+                args.seeds, args.eps, args.batch_sizes)
+                if (k := key(ds, s, e, b, method, args.epochs)) in results]
+            if not runs:
+                continue
+            n = len(runs)
+            acc = statistics.mean(r["test acc"] for _, r in runs)
+            excess = [statistics.mean(r[f"{p} gap"] - e for e, r in runs) for p in SPLITS]
+            meets = [sum(r[f"{p} gap"] <= e for e, r in runs) for p in SPLITS]
+            rows_out = [(method, acc, excess, meets, "test decision gap", "test acc")]
+            if method == "validated":
+                rows_out.append(("validated + thresholds",
+                                 statistics.mean(r["test adjusted acc"] for _, r in runs),
+                                 excess, meets, "test adjusted decision gap", None))
+            spread = statistics.median(r.get("lambda spread", math.nan) for _, r in runs)
+            for name, a, ex, me, dec, _ in rows_out:
+                d_ex = statistics.mean(r[dec] - e for e, r in runs)
+                d_ok = sum(r[dec] <= e + 0.01 for e, r in runs)
+                label = ("**validated + `GroupThresholds`** (decisions)"
+                         if name == "validated + thresholds" else LABELS.get(name, name))
+                print(f"| {ds.capitalize()} | {label} | {a:.4f} | "
+                      + " / ".join(f"{x:+.4f}" for x in ex) + " | "
+                      + " / ".join(f"{m}/{n}" for m in me) + f" | {d_ex:+.4f} | {d_ok}/{n} | "
+                      + (f"{spread:.2f}" if math.isfinite(spread) else "-") + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", nargs="+", default=["adult", "dutch"])
@@ -373,6 +430,8 @@ def main() -> None:
                     help="JSON cache of per-run results (resumable)")
     ap.add_argument("--summary-only", action="store_true", help="print from the cache only")
     ap.add_argument("--plot", default=None, help="write the multiplier-trace figure (PNG) here")
+    ap.add_argument("--markdown", action="store_true",
+                    help="also print the README table (one row per data set and method)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     path = Path(args.results)
@@ -381,6 +440,8 @@ def main() -> None:
     if not args.summary_only:
         run_grid(args, results, path)
     summary(args, results)
+    if args.markdown:
+        markdown(args, results)
     if args.plot:
         plot_traces(results, args.plot)
 

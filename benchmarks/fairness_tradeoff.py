@@ -349,17 +349,49 @@ def figures(args, results: dict) -> None:
         stable = sum(r["lambda spread"] <= 0.15 for *_, r in default)
         print(f"\ndefault: train gap <= eps in {met}/{len(default)} runs; multiplier spread "
               f"<= 15 % in {stable}/{len(default)}")
-        gaps = []
+        # "Hand-tuned": the most accurate ALM step among those whose run met eps on the
+        # train split (what a user tuning the step would keep); settings where no step met
+        # eps are counted apart.
+        gaps, untuned = [], 0
         for ds, s, e, b, r in default:
             tuned = [results[k]["test acc"] for lr in ("0.03", "0.1", "0.3", "1")
-                     if (k := key(ds, s, e, b, f"alm-{lr}", args.epochs)) in results]
+                     if (k := key(ds, s, e, b, f"alm-{lr}", args.epochs)) in results
+                     and results[k]["train gap"] <= e]
             if tuned:
                 gaps.append(max(tuned) - r["test acc"])
+            else:
+                untuned += 1
         if gaps:
             within = sum(g <= 0.003 for g in gaps)
-            print(f"default: test accuracy within 0.3 points of the best ALM lr of the same run "
-                  f"in {within}/{len(gaps)} runs (mean shortfall {100 * statistics.mean(gaps):.2f}"
-                  f" points, worst {100 * max(gaps):.2f})")
+            print(f"default: test accuracy within 0.3 points of the best ALM step that met eps "
+                  f"in the same setting and seed: {within}/{len(gaps)} runs (mean shortfall "
+                  f"{100 * statistics.mean(gaps):.2f} points, worst {100 * max(gaps):.2f}); "
+                  f"no ALM step met eps in {untuned} more")
+        # Per setting (data, eps, batch), as a user tunes: the ALM step with the best mean
+        # accuracy over seeds among the steps that met eps on the train split in every seed.
+        short, none = [], 0
+        for ds, e, b in itertools.product(args.datasets, args.eps, args.batch_sizes):
+            mine = [results[k]["test acc"] for s in args.seeds
+                    if (k := key(ds, s, e, b, "default", args.epochs)) in results]
+            if not mine:
+                continue
+            best = None
+            for lr in ("0.03", "0.1", "0.3", "1"):
+                rs = [results[k] for s in args.seeds
+                      if (k := key(ds, s, e, b, f"alm-{lr}", args.epochs)) in results]
+                if len(rs) == len(mine) and all(r["train gap"] <= e for r in rs):
+                    acc = statistics.mean(r["test acc"] for r in rs)
+                    best = acc if best is None else max(best, acc)
+            if best is None:
+                none += 1
+            else:
+                short.append(best - statistics.mean(mine))
+        if short:
+            print(f"default, per setting (means over seeds): within 0.3 points of the best ALM "
+                  f"step that met eps in every seed in {sum(g <= 0.003 for g in short)}/"
+                  f"{len(short)} settings (mean shortfall {100 * statistics.mean(short):.2f}, "
+                  f"worst {100 * max(short):.2f} points); no ALM step met eps in every seed in "
+                  f"{none} more")
     val = runs("validated")
     if val:
         te = [r["test gap"] - e for _, _, e, _, r in val]
@@ -446,7 +478,7 @@ def main() -> None:
         plot_traces(results, args.plot)
 
 
-def plot_traces(results: dict, path: str, ds: str = "dutch", eps: float = 0.05,
+def plot_traces(results: dict, path: str, ds: str = "adult", eps: float = 0.05,
                 seed: int = 0) -> None:
     """Multiplier traces of the default and of ALM at two dual steps, batch 64 and 1024."""
     import matplotlib
@@ -462,7 +494,8 @@ def plot_traces(results: dict, path: str, ds: str = "dutch", eps: float = 0.05,
                 continue
             steps = [i * r["trace stride"] for i in range(len(r["lambda trace"]))]
             ax.plot(steps, r["lambda trace"], style, lw=1.2,
-                    label="nuPI() defaults" if method == "default" else f"ALM lr={method[4:]}")
+                    label="AdaptiveDual() defaults" if method == "default"
+                    else f"ALM lr={method[4:]}")
         ax.set_title(f"{ds.capitalize()}, eps = {eps}, batch {batch}")
         ax.set_xlabel("training step")
     axes[0].set_ylabel("multiplier")

@@ -20,6 +20,8 @@ Methods (``--methods``):
   ``decisions`` columns of that run.
 * ``alm-0.03``, ``alm-0.1``, ``alm-0.3``, ``alm-1``: ``ALM`` at that dual step (the
   hand-tuned reference).
+* ``adaptive:offset=0`` (any ``AdaptiveDual`` keyword after the colon), ``nupi:...`` and
+  ``validated:margin=0.005`` likewise: variants for comparisons.
 * ``proxy``: the default dual optimizer stepping on the rows of the *decisions* of each
   training batch (proxy constraints, ``dual_constraints=``); probabilities give the gradient.
 * ``unconstrained``, ``fairret``, and the peers when installed (the ``compare`` extra):
@@ -101,7 +103,7 @@ def make_dual(method: str):
     """The dual optimizer of a method (None: no multipliers)."""
     name, kw = parse(method)
     kw = {k: v for k, v in kw.items() if k not in ("margin", "dmargin")}
-    if name in ("default", "validated", "proxy"):
+    if name in ("default", "validated", "proxy", "adaptive"):
         return AdaptiveDual(m=2, is_ineq=True, **kw)
     if name == "nupi":
         return nuPI(m=2, is_ineq=True, **kw)

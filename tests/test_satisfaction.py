@@ -269,3 +269,31 @@ def test_threshold_errors(scores, groups, match):
         GroupThresholds().fit(scores, groups)
     with pytest.raises(ValueError, match="fit"):
         GroupThresholds().decide(torch.tensor([0.5]), torch.tensor([0]))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(
+    st.one_of(st.floats(-1, 1), st.just(float("nan")), st.just("x")),
+    st.one_of(st.floats(-0.1, 0.1), st.just(float("inf")), st.just([])),
+), min_size=1, max_size=10))
+def test_random_calls_either_record_or_change_nothing(calls):
+    chooser = BestIterate(keep="all")
+    for f, v in calls:
+        before = _roundtrip(chooser)
+        try:
+            chooser.consider(f, v, {"f": torch.tensor([0.0])})
+        except ValueError:
+            after = chooser.state_dict()
+            assert torch.equal(after["objectives"], before["objectives"])
+            assert torch.equal(after["violations"], before["violations"])
+            assert sorted(after["states"]) == sorted(before["states"])
+
+
+def test_a_failed_fit_keeps_the_previous_thresholds():
+    scores = torch.tensor([0.9, 0.2, 0.8, 0.4])
+    groups = torch.tensor([0, 0, 1, 1])
+    fitted = GroupThresholds(0.0).fit(scores, groups, torch.tensor([1, 0, 1, 0]))
+    before = fitted.thresholds.clone()
+    with pytest.raises(ValueError, match="labels"):
+        fitted.fit(scores, groups, torch.tensor([1, 0, 2, 0]))
+    assert torch.equal(fitted.thresholds, before)

@@ -54,7 +54,8 @@ def evaluate(fc: FairnessConstraint, logit: torch.Tensor | None, split: Split) -
     if not bool(torch.isfinite(logit).all()):
         out["non_finite_outputs"] = int((~torch.isfinite(logit)).sum())
         return out
-    groups, y = split.groups(), split.y
+    # float64: a gap of exactly eps (3/60 - 0/20 = 0.05) must read as met, not 0.0500000007.
+    logit, groups, y = logit.double(), split.groups(), split.y.double()
     for view, rows in (("probabilities", fc(logit, groups, y)),
                        ("decisions", fc.decisions(logit, groups, y))):
         gap = _gap(rows)

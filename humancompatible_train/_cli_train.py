@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -122,6 +122,17 @@ def select_iterate(history: Sequence[dict[str, float]]) -> int:
     return len(history)
 
 
+def batches(tensors: Sequence[torch.Tensor], batch_size: int, generator: torch.Generator
+            ) -> Iterator[tuple[torch.Tensor, ...]]:
+    """One shuffled epoch of batches (every row once, a new permutation from ``generator`` per
+    epoch), sliced from the tensors at once: a ``DataLoader`` over a ``TensorDataset`` stacks
+    the rows one by one, which took a third of a training step here."""
+    perm = torch.randperm(len(tensors[0]), generator=generator)
+    for start in range(0, len(perm), batch_size):
+        idx = perm[start:start + batch_size]
+        yield tuple(t[idx] for t in tensors)
+
+
 def _model(d: int) -> torch.nn.Module:
     return torch.nn.Sequential(
         torch.nn.Linear(d, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
@@ -154,9 +165,8 @@ def train(setup: Setup) -> Trained:
         return torch.logit(q).view_as(logit)
 
     bce = torch.nn.BCEWithLogitsLoss()
-    loader = torch.utils.data.DataLoader(tr.tensor_dataset(), batch_size=s.batch_size,
-                                         shuffle=True,
-                                         generator=torch.Generator().manual_seed(s.seed))
+    generator = torch.Generator().manual_seed(s.seed)
+    tensors = (tr.X, tr.onehot(), tr.y)
     dtype = None if dual is None else dual.duals.dtype
     history: list[dict[str, float]] = []
     snapshots: list[dict[str, torch.Tensor]] = []
@@ -164,7 +174,7 @@ def train(setup: Setup) -> Trained:
     t0 = time.perf_counter()
     for epoch in range(1, s.epochs + 1):
         model.train()
-        for x, g, y in loader:
+        for x, g, y in batches(tensors, s.batch_size, generator):
             x, g, y = x.to(dev), g.to(dev), y.to(dev)
             opt.zero_grad()
             logit = output(x, g, y)

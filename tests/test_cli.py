@@ -439,3 +439,36 @@ def test_unexpected_error_is_one_line_and_a_failed_report(tmp_path, capsys, monk
     monkeypatch.setenv(cli.DEBUG_ENV, "1")
     with pytest.raises(RuntimeError, match="boom"):
         run(tmp_path, *csv_args(path), "--overwrite")
+
+
+# ------------------------------------------------------------------ the training procedure
+def test_batches_cover_every_row_once_per_epoch_in_a_seeded_order():
+    X, y = torch.arange(1000.0).reshape(-1, 1), torch.arange(1000.0).reshape(-1, 1) * 2
+
+    def epochs(seed):
+        g = torch.Generator().manual_seed(seed)
+        return [list(_cli_train.batches((X, y), 64, g)) for _ in range(2)]
+
+    first, again, other = epochs(5), epochs(5), epochs(6)
+    for epoch in first:
+        assert [len(b[0]) for b in epoch] == [64] * 15 + [40]
+        rows = torch.cat([b[0] for b in epoch]).reshape(-1)
+        assert sorted(rows.tolist()) == list(range(1000))  # each row once
+        assert all(torch.equal(b[1], 2 * b[0]) for b in epoch)  # tensors stay aligned
+    order = [torch.cat([b[0] for b in e]).reshape(-1) for e in first]
+    assert not torch.equal(order[0], order[1])  # a new permutation each epoch
+    assert all(torch.equal(a[0], b[0]) for e, f in zip(first, again) for a, b in zip(e, f))
+    assert not torch.equal(torch.cat([b[0] for b in other[0]]), torch.cat([b[0] for b in
+                                                                           first[0]]))
+
+
+def test_select_iterate_chooses_the_served_epoch(tmp_path, monkeypatch):
+    path = toy_csv(tmp_path)
+    args = [*csv_args(path), "--algorithm", "unconstrained", "--no-plots", "--lr", "0.05"]
+    assert cli.main([*args, "--epochs", "1", "--out", str(tmp_path / "one"), "--quiet"]) == 0
+    monkeypatch.setattr(_cli_train, "select_iterate", lambda history: 1)
+    assert cli.main([*args, "--epochs", "3", "--out", str(tmp_path / "three"), "--quiet"]) == 0
+    one, three = (strict_json(tmp_path / d / "report.json")["results"]["unconstrained"]
+                  for d in ("one", "three"))
+    assert three["epochs_trained"] == 3 and three["selected_epoch"] == 1
+    assert three["splits"] == one["splits"]  # epoch 1's model is the one served

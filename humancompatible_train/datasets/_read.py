@@ -47,7 +47,10 @@ def check_encoding(encoding: Any, name: str = "encoding") -> str:
     """The name of a text encoding Python knows (``'utf-8'``, ``'latin-1'``, ``'cp1252'``...)."""
     if isinstance(encoding, str):
         try:
-            b"".decode(encoding)  # refuses codecs that are not bytes -> text (rot13, base64)
+            try:  # refuses codecs that are not bytes -> text (rot13, base64)
+                b"a".decode(encoding)
+            except UnicodeDecodeError:  # a text encoding in which one byte is incomplete
+                pass
             return codecs.lookup(encoding).name
         except LookupError:
             pass

@@ -160,7 +160,7 @@ def _check(args: argparse.Namespace) -> list[str]:
         check_int("--epochs", args.epochs, minimum=1)
         check_int("--batch-size", args.batch_size, minimum=1)
         check_int("--seed", args.seed, minimum=0, maximum=2**32 - 1)
-        check_int("--threads", args.threads, minimum=1)
+        check_int("--threads", args.threads, minimum=1, maximum=1024)
         if args.max_rows is not None:
             check_int("--max-rows", args.max_rows, minimum=1)
         device = check_device("--device", args.device)
@@ -171,6 +171,8 @@ def _check(args: argparse.Namespace) -> list[str]:
         raise UsageError("--device: expected a device that holds data, such as 'cpu' or "
                          "'cuda', got 'meta'")
     args.device = device
+    if args.out is not None and not args.out.strip():
+        raise UsageError(f"--out: expected a folder path, got {args.out!r}")
     _check_data_options(args)
     return algorithms
 
@@ -194,6 +196,20 @@ def _check_data_options(args: argparse.Namespace) -> None:
                          f"got {args.data!r}")
     if args.target is None or not args.sensitive:
         raise UsageError("--data PATH needs --target and --sensitive")
+
+
+#: The loaders' argument names, as the command line spells them.
+_OPTIONS = {"target": "--target", "sensitive": "--sensitive", "positive": "--positive",
+            "max_rows": "--max-rows", "encoding": "--encoding", "seed": "--seed"}
+
+
+def _as_option(message: str) -> str:
+    """A loader's message with its leading argument name spelled as the option."""
+    for name, option in _OPTIONS.items():
+        for sep in (":", "="):
+            if message.startswith(name + sep):
+                return option + sep + message[len(name) + 1:]
+    return message.replace("(raise max_rows)", "(raise --max-rows)")
 
 
 def _load(args: argparse.Namespace):
@@ -268,7 +284,7 @@ def _run(args: argparse.Namespace, algorithms: list[str], out: report.OutputFold
     try:
         data = _load(args)
     except (ValueError, OSError) as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(_as_option(str(exc))) from None
     names = list(data.group_names[data.sensitive[0]])
     fc = FairnessConstraint(CONSTRAINTS[args.constraint], names,
                             mode="abs_diff" if len(names) == 2 else "max_gap", eps=args.eps)

@@ -222,7 +222,17 @@ def test_cuda_without_cuda(tmp_path, capsys, no_work):
     assert "--device: device 'cuda' is not available here" in err and "Traceback" not in err
 
 
+def test_loader_messages_name_the_options(tmp_path, capsys):
+    path = toy_csv(tmp_path)
+    assert run(tmp_path, "--data", str(path), "--target", "income", "--sensitive", "grp") == 2
+    assert "error: --target: column 'income' not found in toy.csv" in capsys.readouterr().err
+    assert run(tmp_path, *csv_args(path)[:-2], "--sensitive", "label") == 2
+    assert "error: --sensitive: the target column 'label' cannot" in capsys.readouterr().err
+
+
 def test_out_is_checked_before_any_work(tmp_path, capsys, no_work):
+    assert cli.main(["--out", " "]) == 2
+    assert "--out: expected a folder path, got ' '" in capsys.readouterr().err
     afile = tmp_path / "afile"
     afile.write_text("x")
     assert cli.main(["--out", str(afile)]) == 2

@@ -186,7 +186,7 @@ def test_encoding_option_reads_latin1(tmp_path):
     (["--seed", str(2**70)], "--seed: expected an int in [0, 4294967295]"),
     (["--epochs", "0"], "--epochs: expected a positive int, got 0"),
     (["--batch-size", "-5"], "--batch-size: expected a positive int, got -5"),
-    (["--threads", "0"], "--threads: expected a positive int, got 0"),
+    (["--threads", "0"], "--threads: expected an int in [1, 1024], got 0"),
     (["--max-rows", "0"], "--max-rows: expected a positive int, got 0"),
     (["--algorithm", "sgd"], "--algorithm: expected one of"),
     (["--constraint", "parity"], "--constraint: expected one of"),

@@ -32,7 +32,6 @@ from __future__ import annotations
 import abc
 import logging
 import math
-import operator
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from itertools import chain
@@ -154,9 +153,10 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         defaults = dict(defaults, is_ineq=check_bool("is_ineq", is_ineq), dual_range=dual_range)
         # Hyperparameters as validated, per group, to re-check only what changed since.
         self._keys = tuple(defaults)
-        self._get_hyperparameters = operator.itemgetter(*self._keys)
         self._validated: list[tuple[Any, ...] | None] = []
-        self._checked_group: Any = None
+        # Flags that a step sets live in a dict: torch.compile replays a compiled step's dict
+        # writes but drops its attribute writes on an optimizer (torch 2.13).
+        self._flags: dict[str, Any] = {"opt_called": False, "checked_group": None}
         # torch.optim.Optimizer refuses an empty parameter list; groups are added below.
         self._placeholder = True
         super().__init__([torch.zeros(0)], defaults)
@@ -215,8 +215,8 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         finally:
             self._placeholder = False
         self.state[duals] = state
-        self._validated.append(self._get_hyperparameters(group))
-        self._checked_group = None
+        self._validated.append(self._snapshot(group))
+        self._flags["checked_group"] = None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if self._placeholder:
@@ -341,10 +341,8 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             if (constraints.dtype == duals.dtype and constraints.device == duals.device and (
                     constraints.shape == duals.shape
                     or constraints.dim() == 0 and group["m"] == 1)):
-                seen = self._validated[0]
-                if seen is None or not all(map(operator.is_, self._get_hyperparameters(group),
-                                               seen)):
-                    self._revalidate(0)
+                if not self._unchanged(group, self._validated[0]):
+                    self._check_hyperparameters()
                 c = constraints.detach()
                 if not math.isfinite(float(c if group["m"] == 1 else c.sum())):
                     self._check_finite([c], "constraint values for the dual step")
@@ -353,7 +351,7 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
                 self._dual_step(group, state, c)
                 state["step"] += 1
                 # Learning-rate schedulers check that the optimizer stepped before they do.
-                self._opt_called = True
+                self._flags["opt_called"] = True
                 return loss + self._lagrangian_term(group, duals.clone(), constraints)
         self._check_loss(loss)
         hooked = self._has_step_hooks()
@@ -363,12 +361,21 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             dual_constraints = args[2] if len(args) > 2 else kwargs.get("dual_constraints")
         parts = self._split(constraints, "constraints")
         self._update(parts, dual_constraints)
-        self._opt_called = True
+        self._flags["opt_called"] = True
         if hooked:
             for hook in chain(self._optimizer_step_post_hooks.values(),
                               _global_optimizer_post_hooks.values()):
                 hook(self, args, kwargs)
         return self._lagrangian(loss, parts)
+
+    @property
+    def _opt_called(self) -> bool:
+        # Read and written by learning-rate schedulers (did the optimizer step before them?).
+        return self._flags["opt_called"]
+
+    @_opt_called.setter
+    def _opt_called(self, value: bool) -> None:
+        self._flags["opt_called"] = value
 
     def _has_step_hooks(self) -> bool:
         return bool(self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
@@ -493,13 +500,24 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     def _check_hyperparameters(self) -> None:
         """Re-validate the groups whose hyperparameters changed since they were validated.
 
-        Identity of the values is compared (no host read, about 0.2 us a group), so a
-        scheduler's new ``lr`` is checked once, at the first step that uses it.
+        Identity of the values is compared (no host read, well under a microsecond a group),
+        so a scheduler's new ``lr`` is checked once, at the first step that uses it. Inside a
+        function compiled with ``torch.compile`` the re-check is skipped: the compiler turns a
+        scheduler's float into a graph input that Python cannot inspect while tracing (the
+        next eager call checks it).
         """
-        get, is_ = self._get_hyperparameters, operator.is_
+        if torch.compiler.is_compiling():
+            return
         for i, (group, seen) in enumerate(zip(self.param_groups, self._validated)):
-            if seen is None or not all(map(is_, get(group), seen)):
+            if not self._unchanged(group, seen):
                 self._revalidate(i)
+
+    def _snapshot(self, group: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple([group[k] for k in self._keys])
+
+    def _unchanged(self, group: dict[str, Any], seen: tuple[Any, ...] | None) -> bool:
+        # Plain Python that torch.compile traces (an operator.itemgetter breaks its graph).
+        return seen is not None and all([group[k] is v for k, v in zip(self._keys, seen)])
 
     def _revalidate(self, i: int) -> None:
         group = self.param_groups[i]
@@ -514,7 +532,7 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             raise ValueError(f"{exc} (a value written into the param group after it was "
                              "checked, e.g. by a learning-rate scheduler)") from None
         group["is_ineq"], group["dual_range"] = checked["is_ineq"], checked["dual_range"]
-        self._validated[i] = self._get_hyperparameters(group)
+        self._validated[i] = self._snapshot(group)
 
     def _lagrangian(self, loss: Tensor, parts: list[Tensor]) -> Tensor:
         lagrangian = loss
@@ -541,10 +559,10 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         values = [p.detach() for p in parts]
         flat = None
         if self.process_group is not None:
-            if self._checked_group is not self.process_group:
+            if self._flags["checked_group"] is not self.process_group:
                 _distributed.check_ranks_agree(groups, self._keys, states, self._device,
                                                self.process_group, type(self).__name__)
-                self._checked_group = self.process_group
+                self._flags["checked_group"] = self.process_group
             values, flat = _distributed.average(
                 values, lagrangian if self.check_finite else None, self.process_group)
         if self.check_finite:
@@ -640,8 +658,8 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
                               if k not in _checkpoint.STRUCTURAL_KEYS})
                 live.copy_(duals)
                 self.state[live] = state
-                self._validated[i] = self._get_hyperparameters(group)
-        self._checked_group = None
+                self._validated[i] = self._snapshot(group)
+        self._flags["checked_group"] = None
         for post in self._optimizer_load_state_dict_post_hooks.values():
             post(self)
 
@@ -656,7 +674,7 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         for key in _checkpoint.HOOK_DICTS:
             self.__dict__.setdefault(key, OrderedDict())
         self._validated = [None] * len(self.param_groups)
-        self._checked_group = None
+        self._flags["checked_group"] = None
         self._patch_step_function()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> DualOptimizer:

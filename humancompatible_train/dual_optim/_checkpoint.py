@@ -29,8 +29,8 @@ from ._inputs import describe_values, mismatch
 if TYPE_CHECKING:
     from .base import DualOptimizer
 
-__all__ = ["CALLABLE_MARKER", "HOOK_DICTS", "STRUCTURAL_KEYS", "build", "deepcopy_state",
-           "getstate", "plan"]
+__all__ = ["CALLABLE_MARKER", "HOOK_DICTS", "STRUCTURAL_KEYS", "apply", "build",
+           "deepcopy_state", "getstate", "plan"]
 
 # Keys of a param group that describe the group rather than tune the algorithm.
 STRUCTURAL_KEYS = ("params", "name", "m")
@@ -226,6 +226,18 @@ def _kind(t: Tensor) -> str:
     if t.is_floating_point():
         return "floating-point"
     return "complex" if t.is_complex() else "integer"
+
+
+def apply(opt: DualOptimizer, planned: Plan) -> None:
+    """Write a validated plan into ``opt`` (cannot fail: every check ran in :func:`plan`)."""
+    with torch.no_grad():
+        for group, (new, duals, state) in zip(opt.param_groups, planned):
+            live = group["params"][0]
+            for key in [k for k in group if k not in new]:
+                del group[key]  # as torch: the saved group replaces the hyperparameters
+            group.update({k: v for k, v in new.items() if k not in STRUCTURAL_KEYS})
+            live.copy_(duals)
+            opt.state[live] = state
 
 
 def getstate(opt: DualOptimizer) -> dict[str, Any]:

@@ -218,3 +218,37 @@ def raise_non_finite(groups: list[dict[str, Any]], parts: list[Tensor], what: st
                 f"{bad[:10]}{' ...' if len(bad) > 10 else ''} (values "
                 f"{values[bad[:10]].tolist()}); no multiplier was changed{suffix}"
             )
+
+
+def check_finite(groups: list[dict[str, Any]], parts: list[Tensor], what: str,
+                 flat: Tensor | None = None, lagrangian: list[Tensor] | None = None) -> None:
+    """Raise a ValueError naming the group and index of a non-finite entry of the detached
+    ``parts``. Under a process group, ``flat`` is the reduced tensor (the averaged values and
+    the ranks' flag for ``lagrangian``): the same on every rank, so every rank raises or none.
+    """
+    if not parts:
+        return
+    # One reduction and one read instead of an element-wise test: the sum is finite whenever
+    # every entry is (an overflowing sum falls through to the exact test below). A single
+    # value is read as it is, without the reduction.
+    if flat is not None:
+        total = flat.sum()
+    elif len(parts) == 1:
+        total = parts[0]
+        if total.numel() != 1:
+            total = total.sum()
+    else:
+        total = sum(p.sum() for p in parts)
+    if math.isfinite(float(total)):
+        return
+    if flat is None:
+        raise_non_finite(groups, parts, what)
+        return
+    raise_non_finite(groups, parts, f"{what} (averaged over the process group)",
+                     " on any process")
+    if lagrangian is not None and not bool(torch.isfinite(flat[-1])):
+        raise_non_finite(groups, lagrangian, "constraints", " on any process")
+        raise ValueError(
+            "constraints: a non-finite constraint value on another process of the process "
+            "group; no multiplier was changed on any process"
+        )

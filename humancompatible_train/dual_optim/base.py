@@ -34,12 +34,10 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from itertools import chain
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from .._validation import (
     check_bool,
@@ -49,7 +47,7 @@ from .._validation import (
     check_real,
     fail,
 )
-from . import _checkpoint, _distributed, _inputs
+from . import _checkpoint, _distributed, _hooks, _inputs
 
 __all__ = ["DualOptimizer", "ConstraintsLike"]
 
@@ -332,7 +330,7 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         if (len(groups) == 1 and dual_constraints is None and self.check_finite
                 and self.process_group is None and self._fast_path
                 and isinstance(constraints, Tensor) and isinstance(loss, Tensor)
-                and loss.dim() == 0 and not self._has_step_hooks()):
+                and loss.dim() == 0 and not _hooks.has_step_hooks(self)):
             # The common case (one group, one tensor, default checks, no hooks) in one pass:
             # the same checks and state as the general path below, without its layers, which
             # cost about 1.5 % of a small model's training step (10 of 680 us).
@@ -354,18 +352,15 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
                 self._flags["opt_called"] = True
                 return loss + self._lagrangian_term(group, duals.clone(), constraints)
         self._check_loss(loss)
-        hooked = self._has_step_hooks()
+        hooked = _hooks.has_step_hooks(self)
         if hooked:
-            args, kwargs = self._run_step_pre_hooks(constraints, dual_constraints)
-            constraints = args[1] if len(args) > 1 else kwargs["constraints"]
-            dual_constraints = args[2] if len(args) > 2 else kwargs.get("dual_constraints")
+            args, kwargs = _hooks.run_step_pre_hooks(self, constraints, dual_constraints)
+            constraints, dual_constraints = _hooks.step_arguments(args, kwargs)
         parts = self._split(constraints, "constraints")
         self._update(parts, dual_constraints)
         self._flags["opt_called"] = True
         if hooked:
-            for hook in chain(self._optimizer_step_post_hooks.values(),
-                              _global_optimizer_post_hooks.values()):
-                hook(self, args, kwargs)
+            _hooks.run_step_post_hooks(self, args, kwargs)
         return self._lagrangian(loss, parts)
 
     @property
@@ -376,26 +371,6 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     @_opt_called.setter
     def _opt_called(self, value: bool) -> None:
         self._flags["opt_called"] = value
-
-    def _has_step_hooks(self) -> bool:
-        return bool(self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
-                    or _global_optimizer_pre_hooks or _global_optimizer_post_hooks)
-
-    def _run_step_pre_hooks(self, constraints: Any, dual_constraints: Any
-                            ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        args: tuple[Any, ...] = (self, constraints)
-        kwargs: dict[str, Any] = {}
-        if dual_constraints is not None:
-            kwargs["dual_constraints"] = dual_constraints
-        for hook in chain(_global_optimizer_pre_hooks.values(),
-                          self._optimizer_step_pre_hooks.values()):
-            result = hook(self, args, kwargs)
-            if result is not None:
-                if not (isinstance(result, tuple) and len(result) == 2):
-                    raise RuntimeError(f"a step pre-hook must return None or a tuple "
-                                       f"(new_args, new_kwargs), got {result!r}")
-                args, kwargs = result
-        return args, kwargs
 
     def _update(self, parts: list[Tensor], dual_constraints: ConstraintsLike | None) -> None:
         lagrangian = None
@@ -580,33 +555,7 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         *detached* ``parts``. Under a process group, ``flat`` is the reduced tensor (the
         averaged values and the ranks' flag for ``lagrangian``): the same on every rank, so
         every rank raises or none does."""
-        if not parts:
-            return
-        # One reduction and one read instead of an element-wise test: the sum is finite
-        # whenever every entry is (an overflowing sum falls through to the exact test below).
-        # A single value is read as it is, without the reduction.
-        if flat is not None:
-            total = flat.sum()
-        elif len(parts) == 1:
-            total = parts[0]
-            if total.numel() != 1:
-                total = total.sum()
-        else:
-            total = sum(p.sum() for p in parts)
-        if math.isfinite(float(total)):
-            return
-        groups = self.param_groups
-        if flat is None:
-            _inputs.raise_non_finite(groups, parts, what)
-            return
-        _inputs.raise_non_finite(groups, parts, f"{what} (averaged over the process group)",
-                                 " on any process")
-        if lagrangian is not None and not bool(torch.isfinite(flat[-1])):
-            _inputs.raise_non_finite(groups, lagrangian, "constraints", " on any process")
-            raise ValueError(
-                "constraints: a non-finite constraint value on another process of the "
-                "process group; no multiplier was changed on any process"
-            )
+        _inputs.check_finite(self.param_groups, parts, what, flat, lagrangian)
 
     @staticmethod
     def _check_loss(loss: Any) -> None:
@@ -649,16 +598,8 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             if result is not None:
                 state_dict = result
         planned = _checkpoint.plan(self, state_dict)
-        with torch.no_grad():
-            for i, (group, (new, duals, state)) in enumerate(zip(self.param_groups, planned)):
-                live = group["params"][0]
-                for key in [k for k in group if k not in new]:
-                    del group[key]
-                group.update({k: v for k, v in new.items()
-                              if k not in _checkpoint.STRUCTURAL_KEYS})
-                live.copy_(duals)
-                self.state[live] = state
-                self._validated[i] = self._snapshot(group)
+        _checkpoint.apply(self, planned)
+        self._validated = [self._snapshot(g) for g in self.param_groups]
         self._flags["checked_group"] = None
         for post in self._optimizer_load_state_dict_post_hooks.values():
             post(self)

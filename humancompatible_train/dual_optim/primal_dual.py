@@ -101,7 +101,9 @@ class PrimalDual(DualOptimizer):
                 where=f"constraint group {group['name']!r}: the step size ")
 
     def _dual_step(self, group: dict[str, Any], state: dict[str, Any], c: Tensor) -> None:
-        eta = self._callable_eta.pop(id(group), None)
+        eta = None
+        if callable(group["decay"]):
+            eta = self._callable_eta.pop(id(group), None)
         if eta is None:
             eta = self.step_size(group, state["step"] + 1)
         self._clamp(group, group["params"][0].add_(c, alpha=eta))

@@ -2,8 +2,9 @@
 
 from .alm import ALM
 from .base import ConstraintsLike, DualOptimizer
+from .ialm import iALM
 from .primal_dual import PrimalDual
 from .projection import FairProjection, ProjectionInfo
 
 __all__ = ["ALM", "ConstraintsLike", "DualOptimizer", "FairProjection", "PrimalDual",
-           "ProjectionInfo"]
+           "ProjectionInfo", "iALM"]

@@ -3,8 +3,9 @@
 from .alm import ALM
 from .base import ConstraintsLike, DualOptimizer
 from .ialm import iALM
+from .pbm import PBM
 from .primal_dual import PrimalDual
 from .projection import FairProjection, ProjectionInfo
 
-__all__ = ["ALM", "ConstraintsLike", "DualOptimizer", "FairProjection", "PrimalDual",
+__all__ = ["ALM", "PBM", "ConstraintsLike", "DualOptimizer", "FairProjection", "PrimalDual",
            "ProjectionInfo", "iALM"]

@@ -3,9 +3,10 @@
 from .alm import ALM
 from .base import ConstraintsLike, DualOptimizer
 from .ialm import iALM
+from .moreau import MoreauEnvelope
 from .pbm import PBM
 from .primal_dual import PrimalDual
 from .projection import FairProjection, ProjectionInfo
 
-__all__ = ["ALM", "PBM", "ConstraintsLike", "DualOptimizer", "FairProjection", "PrimalDual",
-           "ProjectionInfo", "iALM"]
+__all__ = ["ALM", "PBM", "ConstraintsLike", "DualOptimizer", "FairProjection", "MoreauEnvelope",
+           "PrimalDual", "ProjectionInfo", "iALM"]

@@ -7,6 +7,7 @@ from .moreau import MoreauEnvelope
 from .pbm import PBM
 from .primal_dual import PrimalDual
 from .projection import FairProjection, ProjectionInfo
+from .ssg import SSG
 
 __all__ = ["ALM", "PBM", "ConstraintsLike", "DualOptimizer", "FairProjection", "MoreauEnvelope",
-           "PrimalDual", "ProjectionInfo", "iALM"]
+           "PrimalDual", "ProjectionInfo", "SSG", "iALM"]

@@ -1,0 +1,138 @@
+r"""Switching subgradient method (SSG): descend the loss when feasible, else a constraint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._validation import check_real
+from .base import ConstraintsLike, DualOptimizer
+
+__all__ = ["SSG"]
+
+
+class SSG(DualOptimizer):
+    r"""Switching subgradient method of Polyak (1967), in the single-loop stochastic form of
+    Huang & Lin (2023).
+
+    Each step decides, from the constraint values :math:`c`, what the primal step descends.
+    With the *excess* :math:`e_i = c_i - \tau_g` of constraint :math:`i` of group :math:`g`
+    (:math:`|c_i| - \tau_g` for equality groups; :math:`\tau_g` = ``tol``) and
+    :math:`i^* = \arg\max_i e_i` over all groups (the first on ties),
+
+    .. math::
+
+        \mathcal L = \begin{cases}
+            \eta_{g^*}\, s_{i^*}\, c_{i^*} & \text{if } e_{i^*} > 0 \\
+            f & \text{otherwise,}
+        \end{cases}
+
+    with :math:`s_{i^*} = 1` for inequalities and :math:`\operatorname{sign}(c_{i^*})` for
+    equalities, and :math:`\eta` = ``lr`` the group's weight of the constraint step against
+    the loss step (the ratio of the paper's two step sizes; exact for SGD, while adaptive
+    optimizers such as Adam normalise it away). It is written as a Lagrangian with switching
+    multipliers, :math:`\mathcal L = (1 - \sigma) f + \lambda^\top c`,
+    :math:`\sigma = [e_{i^*} > 0]`, :math:`\lambda = \sigma\, \eta_{g^*} s_{i^*}
+    e_{i^*}`-th unit vector: the multipliers say which constraint the step descends, and
+    the switch :math:`\sigma` is in the state (``state["on_constraints"]``, a 0-d bool
+    tensor, the same in every group) and readable as :attr:`on_constraints`. The decision
+    is a tensor operation (no host read); under a ``process_group`` it is taken on the
+    averaged values, so every replica takes the same branch, and each differentiates its
+    local :math:`c_{i^*}`.
+
+    Example::
+
+        dual = SSG(m=1, tol=0.0, is_ineq=True)
+        for x, s, y in loader:
+            optimizer.zero_grad()
+            dual.forward_update(loss_fn(model(x), y), gap(model(x), s) - 0.05).backward()
+            optimizer.step()
+            switched.append(dual.on_constraints)  # a tensor; bool() reads it
+
+    References: B. T. Polyak, "A general method for solving extremal problems", Soviet Math.
+    Doklady 8, 1967; Y. Huang, Q. Lin, "Oracle complexity of single-loop switching subgradient
+    methods for non-smooth weakly convex functional constrained optimization", NeurIPS 2023
+    (arXiv 2301.13314).
+    """
+
+    def __init__(
+        self,
+        m: int | None = None,
+        lr: float = 1.0,
+        *,
+        tol: float = 0.0,
+        is_ineq: bool = True,
+        name: str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        process_group: Any | None = None,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__(m, dict(lr=lr, tol=tol), is_ineq=is_ineq, name=name, device=device,
+                         dtype=dtype, process_group=process_group, check_finite=check_finite)
+
+    def _validate_group(self, group: dict[str, Any], where: str) -> None:
+        super()._validate_group(group, where)
+        check_real("lr", group["lr"], low=0.0, where=f"{where}: ")
+        check_real("tol", group["tol"], where=f"{where}: ")
+
+    def _init_state(self, group: dict[str, Any]) -> dict[str, Any]:
+        zeros = torch.zeros(group["m"], device=self._device, dtype=self._dtype)
+        return {"step": 0, "pull": zeros,
+                "excess": torch.full((), -torch.inf, device=self._device, dtype=self._dtype),
+                "on_constraints": torch.zeros((), device=self._device, dtype=torch.bool)}
+
+    @property
+    def on_constraints(self) -> Tensor:
+        """Whether the last step descends a constraint (0-d bool tensor, a copy)."""
+        return self.state[self.param_groups[0]["params"][0]]["on_constraints"].clone()
+
+    def _dual_step(self, group: dict[str, Any], state: dict[str, Any], c: Tensor) -> None:
+        self._candidate(group, state, c, None)
+
+    def _masked_dual_step(self, group: dict[str, Any], state: dict[str, Any], c: Tensor) -> None:
+        valid = torch.isfinite(c)
+        self._candidate(group, state, torch.where(valid, c, 0.0), valid)
+
+    def _candidate(self, group: dict[str, Any], state: dict[str, Any], c: Tensor,
+                   valid: Tensor | None) -> None:
+        """Record the group's worst excess and its signed unit vector; decide at the last
+        group (the base class steps the groups in order)."""
+        c = c.reshape(-1)
+        excess = (c if group["is_ineq"] else c.abs()) - group["tol"]
+        if valid is not None:
+            excess = torch.where(valid, excess, -torch.inf)
+        worst = excess.argmax()
+        sign = torch.ones((), dtype=c.dtype, device=c.device) if group["is_ineq"] else \
+            torch.where(c[worst] < 0, -1.0, 1.0).to(c.dtype)
+        state["pull"].zero_().index_put_((worst.view(1),), sign.view(1))
+        state["excess"].copy_(excess[worst])
+        if group is self.param_groups[-1]:
+            self._decide()
+
+    def _decide(self) -> None:
+        states = [self.state[g["params"][0]] for g in self.param_groups]
+        excess = torch.stack([s["excess"] for s in states])
+        winner, on = excess.argmax(), excess.max() > 0
+        for i, (group, state) in enumerate(zip(self.param_groups, states)):
+            chosen = on & (winner == i)
+            group["params"][0].copy_(state["pull"] * chosen.to(state["pull"].dtype)
+                                     ).mul_(group["lr"])
+            state["on_constraints"].copy_(on)
+
+    def _lagrangian(self, loss: Tensor, parts: list[Tensor]) -> Tensor:
+        # (1 - sigma) f: the loss drops out of the step while a constraint is descended.
+        on = self.state[self.param_groups[0]["params"][0]]["on_constraints"]
+        keep = torch.logical_not(on).to(loss.dtype)
+        return super()._lagrangian(loss * keep, parts)
+
+    def forward_update(self, loss: Tensor, constraints: ConstraintsLike,
+                       dual_constraints: ConstraintsLike | None = None) -> Tensor:
+        # The general path: the switched loss is not the base's one-pass Lagrangian.
+        self._check_loss(loss)
+        parts = self._split(constraints, "constraints")
+        self._update(parts, dual_constraints)
+        self._opt_called = True
+        return self._lagrangian(loss, parts)

@@ -2,6 +2,7 @@
 
 from .alm import ALM
 from .base import ConstraintsLike, DualOptimizer
+from .extrapolation import Extragradient, Optimistic
 from .ialm import iALM
 from .moreau import MoreauEnvelope
 from .pbm import PBM
@@ -9,5 +10,6 @@ from .primal_dual import PrimalDual
 from .projection import FairProjection, ProjectionInfo
 from .ssg import SSG
 
-__all__ = ["ALM", "PBM", "ConstraintsLike", "DualOptimizer", "FairProjection", "MoreauEnvelope",
-           "PrimalDual", "ProjectionInfo", "SSG", "iALM"]
+__all__ = ["ALM", "PBM", "SSG", "ConstraintsLike", "DualOptimizer", "Extragradient",
+           "FairProjection", "MoreauEnvelope", "Optimistic", "PrimalDual", "ProjectionInfo",
+           "iALM"]

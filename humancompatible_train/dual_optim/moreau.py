@@ -3,7 +3,8 @@ r"""Moreau-envelope smoothing of the primal problem: a wrapper of any ``torch.op
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -12,6 +13,21 @@ from torch import Tensor
 from .._validation import check_int, check_real, fail
 
 __all__ = ["MoreauEnvelope"]
+
+
+@contextmanager
+def swapped_gradients(params: Sequence[Tensor], grads: Sequence[Tensor]) -> Iterator[None]:
+    """Within the block each ``params[i].grad`` is ``grads[i]``; afterwards (even on an error)
+    every ``.grad`` is the tensor it was before, untouched: a wrapped optimizer sees modified
+    gradients while the user's stay as they were."""
+    found = [p.grad for p in params]
+    try:
+        for p, g in zip(params, grads):
+            p.grad = g
+        yield
+    finally:
+        for p, g in zip(params, found):
+            p.grad = g
 
 
 class MoreauEnvelope(torch.optim.Optimizer):
@@ -128,13 +144,8 @@ class MoreauEnvelope(torch.optim.Optimizer):
             smoothed = torch._foreach_add(found, with_grad, alpha=self.mu)
             torch._foreach_add_(smoothed, [self.state[p]["z"] for p in with_grad],
                                 alpha=-self.mu)
-            for p, g in zip(with_grad, smoothed):
-                p.grad = g
-            try:
+            with swapped_gradients(with_grad, smoothed):
                 self.optimizer.step()
-            finally:
-                for p, g in zip(with_grad, found):
-                    p.grad = g
         else:
             self.optimizer.step()
         self._step_count += 1

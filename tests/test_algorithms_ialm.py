@@ -85,9 +85,10 @@ def test_reduces_to_alm_without_growth_or_cap():
 
 
 def test_zero_dual_step_is_the_plain_lagrangian():
-    dual = iALM(1, lr=0.0, init_duals=0.5, augmentation="hpr")
-    assert dual.forward_update(ZERO, torch.tensor(3.0)).item() == pytest.approx(1.5)
-    assert dual.duals.tolist() == [0.5]
+    for is_ineq in (False, True):
+        dual = iALM(1, lr=0.0, init_duals=0.5, augmentation="hpr", is_ineq=is_ineq)
+        assert dual.forward_update(ZERO, torch.tensor(3.0)).item() == pytest.approx(1.5)
+        assert dual.duals.tolist() == [0.5]
 
 
 @pytest.mark.parametrize("aug", ["quadratic", "hpr"])

@@ -10,29 +10,9 @@ from torch import Tensor
 
 from .base import DualOptimizer, linear_term
 
-__all__ = ["ALM", "augmented_term"]
+__all__ = ["ALM"]
 
 _AUGMENTATIONS = (None, "quadratic", "hpr")
-
-
-def augmented_term(duals: Tensor, c: Tensor, rho: float, augmentation: str | None,
-                   is_ineq: bool) -> Tensor:
-    r"""A group's term of the (augmented) Lagrangian with penalty :math:`\rho`.
-
-    ``None`` (or :math:`\rho = 0`): :math:`\lambda^\top c`; ``"quadratic"``:
-    :math:`\lambda^\top c + \tfrac{\rho}{2}\|v\|^2` with :math:`v = [c]_+` for inequalities
-    and :math:`v = c` for equalities; ``"hpr"``: :math:`\tfrac{1}{2\rho}(\|[\lambda +
-    \rho c]_+\|^2 - \|\lambda\|^2)` for inequalities, the quadratic form for equalities.
-    Shared by :class:`ALM` and :class:`~humancompatible_train.dual_optim.IALM`.
-    """
-    if augmentation is None or rho == 0:
-        return linear_term(duals, c)
-    if augmentation == "hpr" and is_ineq:
-        shifted = torch.relu(duals + rho * c)
-        return (shifted.square().sum() - duals.square().sum()) / (2.0 * rho)
-    linear = linear_term(duals, c)
-    violation = torch.relu(c) if is_ineq else c
-    return linear + 0.5 * rho * violation.square().sum()
 
 
 class ALM(DualOptimizer):
@@ -165,8 +145,16 @@ class ALM(DualOptimizer):
             duals.masked_fill_(c < 0, 0.0)
 
     def _lagrangian_term(self, group: dict[str, Any], duals: Tensor, c: Tensor) -> Tensor:
-        return augmented_term(duals, c, group["penalty"], group["augmentation"],
-                              group["is_ineq"])
+        aug = group["augmentation"]
+        if aug is None:
+            return linear_term(duals, c)
+        rho = group["penalty"]
+        if aug == "hpr" and group["is_ineq"]:
+            shifted = torch.relu(duals + rho * c)
+            return (shifted.square().sum() - duals.square().sum()) / (2.0 * rho)
+        linear = linear_term(duals, c)
+        violation = torch.relu(c) if group["is_ineq"] else c
+        return linear + 0.5 * rho * violation.square().sum()
 
     def _zero_step_is_identity(self, group: dict[str, Any]) -> bool:
         # Without momentum, c = 0 gives clamp(lambda + 0) = lambda and no restart.

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_choice, check_int, check_real
-from .alm import augmented_term
+from .alm import ALM
 from .base import DualOptimizer
 
 __all__ = ["iALM"]
@@ -42,8 +42,8 @@ class iALM(DualOptimizer):  # noqa: N801 -- the method's name, as users of the p
     :math:`\beta` grows once per outer iteration, never per call -- unless ``inner_steps=1``,
     where every call is an outer iteration.
 
-    **Lagrangian**: ALM's augmentation with penalty :math:`\rho = \beta_k`
-    (:func:`~humancompatible_train.dual_optim.alm.augmented_term`): ``"quadratic"``
+    **Lagrangian**: :class:`~humancompatible_train.dual_optim.ALM`'s augmentation with
+    penalty :math:`\rho = \beta_k`: ``"quadratic"``
     :math:`\lambda^\top c + \tfrac{\beta_k}{2}\|[c]_+\|^2` (inequalities; :math:`\|c\|^2` for
     equalities) or ``"hpr"`` :math:`\tfrac{1}{2\beta_k}(\|[\lambda+\beta_k c]_+\|^2 -
     \|\lambda\|^2)`. :meth:`forward_update` returns it at the *new* :math:`(\lambda, \beta)`
@@ -126,8 +126,12 @@ class iALM(DualOptimizer):  # noqa: N801 -- the method's name, as users of the p
         state["outer"] += 1
 
     def _lagrangian_term(self, group: dict[str, Any], duals: Tensor, c: Tensor) -> Tensor:
-        return augmented_term(duals, c, self.beta(group), group["augmentation"],
-                              group["is_ineq"])
+        # ALM's augmented term, read with penalty beta_k: one implementation of the
+        # augmentation for both methods.
+        beta = self.beta(group)
+        view = {"augmentation": group["augmentation"] if beta > 0 else None, "penalty": beta,
+                "is_ineq": group["is_ineq"]}
+        return ALM._lagrangian_term(self, view, duals, c)  # type: ignore[arg-type]
 
     def _zero_step_is_identity(self, group: dict[str, Any]) -> bool:
         # A zero value leaves lambda, but the outer counter (so beta) moves on at the end of

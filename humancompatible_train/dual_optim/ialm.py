@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validation import check_choice, check_int, check_real
+from .._validation import check_choice, check_int, check_real, fail
 from .alm import ALM
 from .base import DualOptimizer
 
@@ -108,6 +108,11 @@ class iALM(DualOptimizer):  # noqa: N801 -- the method's name, as users of the p
 
     def _init_state(self, group: dict[str, Any]) -> dict[str, Any]:
         return {"step": 0, "outer": 0}
+
+    def _validate_state(self, group: dict[str, Any], state: dict[str, Any], where: str) -> None:
+        if state["outer"] > state["step"]:
+            raise fail("outer", f"at most the step count {state['step']} (one outer iteration "
+                       "ends at a step)", state["outer"], f"{where}: state: ")
 
     def beta(self, group: dict[str, Any]) -> float:
         r""":math:`\beta_k` of ``group`` now: penalty of its Lagrangian and cap of its next

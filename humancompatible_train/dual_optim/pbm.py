@@ -189,6 +189,13 @@ class PBM(DualOptimizer):
         penalty = torch.full((group["m"],), float(p0), device=self._device, dtype=self._dtype)
         return {"step": 0, "penalty": penalty, "epoch": 0}
 
+    def _validate_state(self, group: dict[str, Any], state: dict[str, Any], where: str) -> None:
+        lo, hi = group["penalty_range"]
+        penalty = state["penalty"]
+        if bool(((penalty < lo) | (penalty > hi)).any()):
+            raise fail("penalty", f"values in penalty_range [{lo}, {hi}]", penalty.tolist(),
+                       f"{where}: state: ")
+
     @property
     def penalties(self) -> Tensor:
         """All penalties :math:`p` as one flat tensor (a copy), in registration order."""

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validation import check_real
+from .._validation import check_real, fail
 from .base import ConstraintsLike, DualOptimizer
 
 __all__ = ["SSG"]
@@ -83,6 +83,12 @@ class SSG(DualOptimizer):
         return {"step": 0, "pull": zeros,
                 "excess": torch.full((), -torch.inf, device=self._device, dtype=self._dtype),
                 "on_constraints": torch.zeros((), device=self._device, dtype=torch.bool)}
+
+    def _validate_state(self, group: dict[str, Any], state: dict[str, Any], where: str) -> None:
+        pull = state["pull"]
+        if not bool(((pull == 0) | (pull.abs() == 1)).all()) or int((pull != 0).sum()) > 1:
+            raise fail("pull", "a vector with at most one entry, +1 or -1, and zeros",
+                       pull.tolist(), f"{where}: state: ")
 
     @property
     def on_constraints(self) -> Tensor:

@@ -133,3 +133,10 @@ def test_bad_hyperparameters(kw, match):
 @given(st.lists(call_strategy(2), min_size=1, max_size=8))
 def test_errors_change_nothing(calls):
     drive(iALM(2, lr=0.5, sigma=1.5, gamma=0.7, inner_steps=2, is_ineq=True), 2, calls)
+
+
+def test_unchecked_mode_leaves_non_finite_entries_out():
+    # NaN entry: lambda kept, and the norm is over the finite entries: w = min(1, 1/5)
+    dual = iALM(3, lr=1.0, gamma=1.0, init_duals=0.5, check_finite=False)
+    dual.step(torch.tensor([float("nan"), 3.0, 4.0]))
+    assert dual.duals.tolist() == pytest.approx([0.5, 1.1, 1.3])

@@ -169,3 +169,10 @@ def test_bad_hyperparameters(kw, match):
 @given(st.lists(call_strategy(2), min_size=1, max_size=8))
 def test_errors_change_nothing(calls):
     drive(PBM(2, penalty_update="aimd", epoch_length=3), 2, calls)
+
+
+def test_unchecked_mode_leaves_non_finite_entries_out():
+    dual = fixed("dimin", check_finite=False)
+    dual.step(torch.tensor([1.0, float("inf")]))
+    assert dual.duals.tolist() == pytest.approx([1.5, 1.0])
+    assert dual.penalties.tolist() == pytest.approx([0.5, 1.0])

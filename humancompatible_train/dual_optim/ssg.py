@@ -79,16 +79,13 @@ class SSG(DualOptimizer):
         check_real("tol", group["tol"], where=f"{where}: ")
 
     def _init_state(self, group: dict[str, Any]) -> dict[str, Any]:
-        zeros = torch.zeros(group["m"], device=self._device, dtype=self._dtype)
-        return {"step": 0, "pull": zeros,
-                "excess": torch.full((), -torch.inf, device=self._device, dtype=self._dtype),
+        return {"step": 0,
                 "on_constraints": torch.zeros((), device=self._device, dtype=torch.bool)}
 
     def _validate_state(self, group: dict[str, Any], state: dict[str, Any], where: str) -> None:
-        pull = state["pull"]
-        if not bool(((pull == 0) | (pull.abs() == 1)).all()) or int((pull != 0).sum()) > 1:
-            raise fail("pull", "a vector with at most one entry, +1 or -1, and zeros",
-                       pull.tolist(), f"{where}: state: ")
+        if state["on_constraints"].dtype != torch.bool:
+            raise fail("on_constraints", "a bool tensor", state["on_constraints"].dtype,
+                       f"{where}: state: ")
 
     @property
     def on_constraints(self) -> Tensor:
@@ -104,29 +101,35 @@ class SSG(DualOptimizer):
 
     def _candidate(self, group: dict[str, Any], state: dict[str, Any], c: Tensor,
                    valid: Tensor | None) -> None:
-        """Record the group's worst excess and its signed unit vector; decide at the last
-        group (the base class steps the groups in order)."""
+        """The group's worst excess and its signed, weighted unit vector; with several groups
+        they are kept until the last group, where the switch is decided (the base class
+        steps the groups in order within one call, so nothing of it outlives the call)."""
         c = c.reshape(-1)
         excess = (c if group["is_ineq"] else c.abs()) - group["tol"]
         if valid is not None:
             excess = torch.where(valid, excess, -torch.inf)
         worst = excess.argmax()
-        sign = torch.ones((), dtype=c.dtype, device=c.device) if group["is_ineq"] else \
-            torch.where(c[worst] < 0, -1.0, 1.0).to(c.dtype)
-        state["pull"].zero_().index_put_((worst.view(1),), sign.view(1))
-        state["excess"].copy_(excess[worst])
-        if group is self.param_groups[-1]:
-            self._decide()
-
-    def _decide(self) -> None:
-        states = [self.state[g["params"][0]] for g in self.param_groups]
-        excess = torch.stack([s["excess"] for s in states])
-        winner, on = excess.argmax(), excess.max() > 0
-        for i, (group, state) in enumerate(zip(self.param_groups, states)):
-            chosen = on & (winner == i)
-            group["params"][0].copy_(state["pull"] * chosen.to(state["pull"].dtype)
-                                     ).mul_(group["lr"])
+        pull = torch.full((1,), group["lr"], dtype=c.dtype, device=c.device)
+        if not group["is_ineq"]:
+            pull = torch.where(c[worst] < 0, -pull, pull)
+        duals = group["params"][0]
+        groups = self.param_groups
+        if len(groups) == 1:
+            on = excess[worst] > 0
+            duals.zero_().index_put_((worst.view(1),), pull * on)
             state["on_constraints"].copy_(on)
+            return
+        duals.zero_().index_put_((worst.view(1),), pull)
+        if group is groups[0]:
+            self._excess = []
+        self._excess.append(excess[worst])
+        if group is groups[-1]:
+            excesses = torch.stack(self._excess)
+            winner, on = excesses.argmax(), excesses.max() > 0
+            for i, g in enumerate(groups):
+                g["params"][0].mul_(on & (winner == i))
+                self.state[g["params"][0]]["on_constraints"].copy_(on)
+            self._excess = []
 
     def _lagrangian(self, loss: Tensor, parts: list[Tensor]) -> Tensor:
         # (1 - sigma) f: the loss drops out of the step while a constraint is descended.

@@ -1,5 +1,6 @@
-"""iALM, PBM, SSG and the optimistic dual step under a 2-process gloo group: every rank holds
-the multipliers of a single-process run on the averaged values."""
+"""iALM, PBM, SSG, the optimistic dual step and partially observed constraints under a
+2-process gloo group: every rank holds the multipliers of a single-process run on the averaged
+values (for observed entries: averaged over the ranks that observed them)."""
 
 import os
 import tempfile
@@ -8,9 +9,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from humancompatible_train.dual_optim import PBM, SSG, Optimistic, iALM
+from humancompatible_train.dual_optim import ALM, PBM, SSG, Optimistic, iALM
 
 LOCAL = {0: [[1.0, -2.0], [0.5, 0.5], [-1.0, 3.0]], 1: [[3.0, 0.0], [-0.5, 1.5], [2.0, -1.0]]}
+
+
+# rank -> steps of (values, observed indices) of a 4-constraint group
+OBSERVED = {0: [([1.0, 2.0], [0, 1]), ([4.0], [3])], 1: [([3.0, -1.0], [1, 2]), ([2.0], [3])]}
 
 
 def build(process_group=None):
@@ -43,6 +48,10 @@ def _worker(rank, world, init_file, out_dir):
                             world_size=world)
     try:
         out = run(build(dist.group.WORLD), [torch.tensor(c) for c in LOCAL[rank]])
+        indexed = ALM(4, lr=1.0, momentum=0.5, process_group=dist.group.WORLD)
+        for values, idx in OBSERVED[rank]:
+            indexed.step(torch.tensor(values), indices=torch.tensor(idx))
+        out["indexed"] = [indexed.duals, indexed.state_dict()["state"][0]["momentum_buffer"]]
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.barrier()
     finally:
@@ -56,8 +65,15 @@ def test_two_processes_match_the_averaged_single_process_run():
         ranks = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True)
                  for r in (0, 1)]
     averaged = [(torch.tensor(a) + torch.tensor(b)) / 2 for a, b in zip(LOCAL[0], LOCAL[1])]
+    # step 1: entry 0 from rank 0 (1), entry 1 averaged ((2 + 3)/2), entry 2 from rank 1 (-1);
+    # step 2: entry 3 averaged (3), b = 0.5 b + c there, the others keep their b.
+    for r in ranks:
+        assert r["indexed"][1].tolist() == [1.0, 2.5, -1.0, 3.0]
+        assert r["indexed"][0].tolist() == [1.0, 2.5, -1.0, 3.0]
     expected = run(build(), averaged)
     for name, trajectory in expected.items():
+        if name == "indexed":
+            continue
         assert any(t.abs().sum() > 0 for t in trajectory), name
         for r in ranks:
             for mine, theirs in zip(r[name], trajectory):

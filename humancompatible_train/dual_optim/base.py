@@ -33,6 +33,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from . import indexed
+from .indexed import IndicesLike
+
 __all__ = ["DualOptimizer", "ConstraintsLike"]
 
 logger = logging.getLogger("humancompatible_train")
@@ -240,8 +243,15 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         return {g["name"]: g["params"][0].detach().clone() for g in self.param_groups}
 
     # ------------------------------------------------------------ the API
-    def forward(self, loss: Tensor, constraints: ConstraintsLike) -> Tensor:
-        """The Lagrangian at the current multipliers; changes no state."""
+    def forward(self, loss: Tensor, constraints: ConstraintsLike, *,
+                indices: IndicesLike | None = None) -> Tensor:
+        """The Lagrangian at the current multipliers; changes no state.
+
+        ``indices``: the observed entries of partially observed groups (see
+        :mod:`~humancompatible_train.dual_optim.indexed`).
+        """
+        if indices is not None:
+            return indexed.forward(self, loss, constraints, indices)
         self._check_loss(loss)
         parts = self._split(constraints, "constraints")
         return self._lagrangian(loss, parts)
@@ -250,27 +260,40 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         self,
         constraints: ConstraintsLike,
         dual_constraints: ConstraintsLike | None = None,
+        *,
+        indices: IndicesLike | None = None,
     ) -> None:
         """Take one dual step from the constraint values.
 
         ``dual_constraints``, when given, drive the step instead of ``constraints`` (see
-        :meth:`forward_update`). Nothing is changed when an error is raised.
+        :meth:`forward_update`); ``indices``, the observed entries of partially observed
+        groups (only those multipliers move). Nothing is changed when an error is raised.
         """
+        if indices is not None:
+            indexed.step(self, constraints, dual_constraints, indices)
+            return
         self._update(self._split(constraints, "constraints"), dual_constraints)
 
     def update(
         self,
         constraints: ConstraintsLike,
         dual_constraints: ConstraintsLike | None = None,
+        *,
+        indices: IndicesLike | None = None,
     ) -> None:
         """Alias of :meth:`step`."""
-        self.step(constraints, dual_constraints)
+        if indices is not None:
+            self.step(constraints, dual_constraints, indices=indices)
+        else:
+            self.step(constraints, dual_constraints)
 
     def forward_update(
         self,
         loss: Tensor,
         constraints: ConstraintsLike,
         dual_constraints: ConstraintsLike | None = None,
+        *,
+        indices: IndicesLike | None = None,
     ) -> Tensor:
         """One dual step, then the Lagrangian at the *new* multipliers.
 
@@ -285,7 +308,14 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         gives the model its gradient -- and the true, possibly non-differentiable values as
         ``dual_constraints``, which alone move the multipliers (Cotter et al., "Optimization
         with non-differentiable constraints...", ALT 2019).
+
+        ``indices`` (a ``long`` tensor, or one per group): the batch observes only these
+        constraints of a group, ``constraints`` holds their values in the same order; only
+        their multipliers move and only they enter the Lagrangian
+        (:mod:`~humancompatible_train.dual_optim.indexed`).
         """
+        if indices is not None:
+            return indexed.forward_update(self, loss, constraints, dual_constraints, indices)
         # Learning-rate schedulers check that the optimizer stepped before they do
         # (``_opt_called``); this method bypasses the profiling wrapper of ``step`` that sets
         # it, to keep the hot path short.

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .._validation import fail
 
-__all__ = ["IndicesLike", "expand"]
+__all__ = ["IndicesLike", "expand", "forward", "forward_update", "step"]
 
 IndicesLike = Tensor | Sequence[Tensor | None] | Mapping[str, Tensor]
 
@@ -109,3 +109,74 @@ def expand(groups: list[dict[str, Any]], values: Any, indices: IndicesLike, arg:
             masks[i] = torch.zeros(group["m"], dtype=torch.bool, device=idx.device
                                    ).index_fill_(0, idx, True)
     return dense, masks
+
+
+def _values(dual: Any, constraints: Any, dual_constraints: Any, indices: IndicesLike
+            ) -> tuple[list[Tensor], list[Tensor], list[Tensor | None]]:
+    """Dense Lagrangian values, dense detached dual-step values, observed masks: checked."""
+    groups = dual.param_groups
+    if not groups:
+        raise ValueError(f"{type(dual).__name__} has no constraint group yet")
+    dense, masks = expand(groups, constraints, indices, "constraints")
+    if dual_constraints is None:
+        return dense, [d.detach() for d in dense], masks
+    proxy, _ = expand(groups, dual_constraints, indices, "dual_constraints")
+    if dual.check_finite and dual.process_group is None:
+        dual._check_finite([d.detach() for d in dense], "constraints")
+    return dense, [p.detach() for p in proxy], masks
+
+
+def _step(dual: Any, values: list[Tensor], masks: list[Tensor | None]) -> None:
+    """One dual step moving only the observed entries (``masks``; ``None``: all)."""
+    groups = dual.param_groups
+    if dual.process_group is not None:
+        # Each rank observes its own entries: average each entry over the ranks that
+        # observed it (sums and counts in one all_reduce); an entry nobody observed stays
+        # unobserved. NaN in the sums reaches every rank, so all raise together below.
+        import torch.distributed as dist
+
+        counts = [torch.ones_like(v) if k is None else k.to(v.dtype)
+                  for v, k in zip(values, masks)]
+        flat = torch.cat([v.reshape(-1) for v in values] + counts)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=dual.process_group)
+        sums, seen = flat.split(2 * [sum(g["m"] for g in groups)])
+        sizes = [g["m"] for g in groups]
+        values = [s / n.clamp(min=1) for s, n in zip(sums.split(sizes), seen.split(sizes))]
+        masks = [n > 0 for n in seen.split(sizes)]
+    if dual.check_finite:
+        dual._check_finite(values, "constraint values for the dual step")
+    state = dual.state
+    nan = torch.tensor(float("nan"), dtype=values[0].dtype, device=values[0].device)
+    for group, c, mask in zip(groups, values, masks):
+        group_state = state[group["params"][0]]
+        if mask is None and dual.check_finite:
+            dual._dual_step(group, group_state, c)
+        else:
+            # Unobserved entries enter as NaN: the masked step leaves them out, with their
+            # multipliers and per-constraint buffers as they were.
+            dual._masked_dual_step(group, group_state,
+                                   c if mask is None else torch.where(mask, c, nan))
+        group_state["step"] += 1
+
+
+def forward(dual: Any, loss: Tensor, constraints: Any, indices: IndicesLike) -> Tensor:
+    """:meth:`DualOptimizer.forward` on partially observed constraints."""
+    dual._check_loss(loss)
+    dense, _ = expand(dual.param_groups, constraints, indices, "constraints")
+    return dual._lagrangian(loss, dense)
+
+
+def step(dual: Any, constraints: Any, dual_constraints: Any, indices: IndicesLike) -> None:
+    """:meth:`DualOptimizer.step` on partially observed constraints."""
+    _, values, masks = _values(dual, constraints, dual_constraints, indices)
+    _step(dual, values, masks)
+
+
+def forward_update(dual: Any, loss: Tensor, constraints: Any, dual_constraints: Any,
+                   indices: IndicesLike) -> Tensor:
+    """:meth:`DualOptimizer.forward_update` on partially observed constraints."""
+    dual._check_loss(loss)
+    dense, values, masks = _values(dual, constraints, dual_constraints, indices)
+    _step(dual, values, masks)
+    dual._opt_called = True
+    return dual._lagrangian(loss, dense)

@@ -138,8 +138,11 @@ class SSG(DualOptimizer):
         return super()._lagrangian(loss * keep, parts)
 
     def forward_update(self, loss: Tensor, constraints: ConstraintsLike,
-                       dual_constraints: ConstraintsLike | None = None) -> Tensor:
+                       dual_constraints: ConstraintsLike | None = None, *,
+                       indices: Any = None) -> Tensor:
         # The general path: the switched loss is not the base's one-pass Lagrangian.
+        if indices is not None:
+            return super().forward_update(loss, constraints, dual_constraints, indices=indices)
         self._check_loss(loss)
         parts = self._split(constraints, "constraints")
         self._update(parts, dual_constraints)

@@ -302,6 +302,9 @@ def peers() -> dict[str, tuple[str, Callable, str]]:
             pb.m, beta=0.5, sigma=1.001, gamma=10.0, is_ineq=pb.is_ineq,
             dual_range=(-1e9, 1e9)))), "differs: grows beta after every call and pairs "
             "lambda_{k+1} with beta_k in the Lagrangian")
+        out["hct iALM (sigma 1)"] = ("iALM (sigma 1)", two_line(_cast(lambda pb: HiALM(
+            pb.m, beta=0.5, sigma=1.0, gamma=10.0, is_ineq=pb.is_ineq,
+            dual_range=(-1e9, 1e9)))), "same maths")
         out["hct SSG"] = ("SSG", two_line(_cast(lambda pb: HSSG(pb.m, constraint_tol=0.0)),
                                           ssg=True),
                           "same maths on inequality problems; the peer keeps no multipliers, "

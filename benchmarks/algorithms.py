@@ -110,7 +110,7 @@ def qp(kind: str) -> Problem:
     x0 = torch.zeros(3, dtype=F64)
     xs, fs = _slsqp(loss, cons, x0, kind == "ineq")
     return Problem("qp" if kind == "ineq" else "qp_eq", x0, loss, cons, kind == "ineq", 0.1,
-                   xs, fs, True)
+                   xs, fs, True, ssg=(0.1, 0.996) if kind == "ineq" else (0.3, 0.998))
 
 
 def _adult(n=3000):
@@ -229,7 +229,7 @@ def ours() -> dict[str, Callable]:
         "iALM": two_line(lambda pb: iALM(pb.m, lr=0.5, sigma=1.001, beta_max=2.0, gamma=10.0,
                                          is_ineq=pb.is_ineq, dtype=F64)),
         "PBM": "pbm",
-        "SSG": two_line(lambda pb: SSG(pb.m, tol=0.0 if pb.is_ineq else 1e-4,
+        "SSG": two_line(lambda pb: SSG(pb.m, tol=0.0 if pb.is_ineq else 5e-5,
                                        is_ineq=pb.is_ineq, dtype=F64), ssg=True),
         "Moreau(ALM)": two_line(alm, wrap=lambda o: MoreauEnvelope(o, mu=1.0, beta=0.5)),
         "Extragradient(ALM)": coordinated(Extragradient, alm),

@@ -36,6 +36,14 @@ def test_worst_excess_over_groups_with_equalities_and_own_tolerances():
     assert dual.duals.tolist() == [1.0, 0.0, 0.0]
 
 
+def test_equality_descends_half_the_square():
+    dual = SSG(2, lr=2.0, tol=0.1, is_ineq=False)
+    c = torch.tensor([0.05, -0.5], requires_grad=True)
+    dual.forward_update(torch.tensor(1.0), c).backward()
+    # |c| - tol = (-0.05, 0.4): the second; gradient of 2 * 1/2 c^2 is 2c = -1
+    assert dual.duals.tolist() == [0.0, -1.0] and c.grad.tolist() == [0.0, -1.0]
+
+
 def test_unchecked_mode_leaves_non_finite_entries_out_of_the_switch():
     dual = SSG(2, tol=-1.0, check_finite=False)  # a zeroed NaN would have excess 1 > 0
     dual.step(torch.tensor([float("nan"), -2.0]))
@@ -60,6 +68,25 @@ def test_inequality_qp_reaches_the_optimum():
         sched.step()
     np.testing.assert_allclose(x.detach().numpy(), x_star, atol=1e-3)
     assert (At @ x.detach() - bt).max() < 1e-4
+
+
+def test_equality_qp_reaches_the_optimal_value():
+    # Loss steps only within tol = 5e-5 of the constraints, primal step 0.3 * 0.998^t:
+    # objective within 1e-3 of SLSQP's, |A x - b| below 1e-4.
+    x_star, _ = reference(A_EQ, B_EQ, TARGET_EQ, "eq")
+    At, bt, at = (torch.tensor(v) for v in (A_EQ, B_EQ, TARGET_EQ))
+    x = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([x], lr=0.3)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, 0.998)
+    dual = SSG(2, tol=5e-5, is_ineq=False, dtype=torch.float64)
+    for _ in range(3000):
+        opt.zero_grad()
+        dual.forward_update(0.5 * ((x - at) ** 2).sum(), At @ x - bt).backward()
+        opt.step()
+        sched.step()
+    f = 0.5 * ((x.detach() - at) ** 2).sum()
+    assert abs(f - 0.5 * ((torch.tensor(x_star) - at) ** 2).sum()) < 1e-3
+    assert (At @ x.detach() - bt).abs().max() < 1e-4
 
 
 def test_resume_is_bitwise_identical():

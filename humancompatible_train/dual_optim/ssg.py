@@ -20,27 +20,36 @@ class SSG(DualOptimizer):
     Each step decides, from the constraint values :math:`c`, what the primal step descends.
     With the *excess* :math:`e_i = c_i - \tau_g` of constraint :math:`i` of group :math:`g`
     (:math:`|c_i| - \tau_g` for equality groups; :math:`\tau_g` = ``tol``) and
-    :math:`i^* = \arg\max_i e_i` over all groups (the first on ties),
+    :math:`i^* = \arg\max_i e_i` over all groups (the first on ties), the primal step
+    descends
 
     .. math::
 
-        \mathcal L = \begin{cases}
-            \eta_{g^*}\, s_{i^*}\, c_{i^*} & \text{if } e_{i^*} > 0 \\
+        \begin{cases}
+            \eta_{g^*}\, c_{i^*} & \text{if } e_{i^*} > 0 \text{ and } i^* \text{ is an
+            inequality,} \\
+            \eta_{g^*}\, \tfrac12 c_{i^*}^2 & \text{if } e_{i^*} > 0 \text{ and } i^*
+            \text{ is an equality,} \\
             f & \text{otherwise,}
         \end{cases}
 
-    with :math:`s_{i^*} = 1` for inequalities and :math:`\operatorname{sign}(c_{i^*})` for
-    equalities, and :math:`\eta` = ``lr`` the group's weight of the constraint step against
-    the loss step (the ratio of the paper's two step sizes; exact for SGD, while adaptive
-    optimizers such as Adam normalise it away). It is written as a Lagrangian with switching
-    multipliers, :math:`\mathcal L = (1 - \sigma) f + \lambda^\top c`,
-    :math:`\sigma = [e_{i^*} > 0]`, :math:`\lambda = \sigma\, \eta_{g^*} s_{i^*}
-    e_{i^*}`-th unit vector: the multipliers say which constraint the step descends, and
-    the switch :math:`\sigma` is in the state (``state["on_constraints"]``, a 0-d bool
-    tensor, the same in every group) and readable as :attr:`on_constraints`. The decision
-    is a tensor operation (no host read); under a ``process_group`` it is taken on the
-    averaged values, so every replica takes the same branch, and each differentiates its
-    local :math:`c_{i^*}`.
+    with :math:`\eta` = ``lr`` the group's weight of the constraint step against the loss
+    step (the ratio of the paper's two step sizes; exact for SGD, while adaptive optimizers
+    such as Adam normalise it away). An equality :math:`h = 0` is the constraint
+    :math:`\tfrac12 h^2 \le \tfrac12\tau^2`: its step shrinks with :math:`|h|`, so the
+    iterate settles within ``tol`` of the manifold instead of bouncing across it (choose
+    ``tol > 0`` for equality groups: with 0 the loss is never descended).
+
+    It is written as a Lagrangian with switching multipliers,
+    :math:`\mathcal L = (1 - \sigma) f + \lambda^\top c` with :math:`\sigma = [e_{i^*} > 0]`
+    and :math:`\lambda` zero except :math:`\lambda_{i^*} = \sigma \eta_{g^*}` (inequality) or
+    :math:`\sigma \eta_{g^*} c_{i^*}` (equality): the multipliers say which constraint the
+    step descends (the gradient is exactly the one above; the value of :math:`\mathcal L` for
+    an equality is :math:`\eta h^2`). The switch :math:`\sigma` is in the state
+    (``state["on_constraints"]``, a 0-d bool tensor, the same in every group) and readable
+    as :attr:`on_constraints`. The decision is a tensor operation (no host read); under a
+    ``process_group`` it is taken on the averaged values, so every replica takes the same
+    branch, and each differentiates its local :math:`c_{i^*}`.
 
     Example::
 
@@ -109,9 +118,12 @@ class SSG(DualOptimizer):
         if valid is not None:
             excess = torch.where(valid, excess, -torch.inf)
         worst = excess.argmax()
-        pull = torch.full((1,), group["lr"], dtype=c.dtype, device=c.device)
-        if not group["is_ineq"]:
-            pull = torch.where(c[worst] < 0, -pull, pull)
+        if group["is_ineq"]:
+            pull = torch.full((1,), group["lr"], dtype=c.dtype, device=c.device)
+        else:
+            # An equality descends 1/2 h^2 (gradient h grad h): the step shrinks with |h|,
+            # so |h| settles below tol instead of bouncing across the manifold.
+            pull = (c[worst] * group["lr"]).view(1)
         duals = group["params"][0]
         groups = self.param_groups
         if len(groups) == 1:

@@ -3,7 +3,18 @@
 import numpy as np
 import pytest
 import torch
-from algorithm_support import TARGET, A, B, call_strategy, check_resume, drive, reference
+from algorithm_support import (
+    A_EQ,
+    B_EQ,
+    TARGET,
+    TARGET_EQ,
+    A,
+    B,
+    call_strategy,
+    check_resume,
+    drive,
+    reference,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

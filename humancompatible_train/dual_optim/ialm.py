@@ -66,8 +66,11 @@ class iALM(DualOptimizer):  # noqa: N801 -- the method's name, as users of the p
     pairs the updated :math:`\lambda` with the previous :math:`\beta` in the Lagrangian; both
     coincide with this class when ``sigma=1``.
 
-    Reference: Z. Li, P.-Y. Chen, S. Liu, S. Lu, Y. Xu, "Rate-improved inexact augmented
-    Lagrangian method for constrained nonconvex optimization", AISTATS 2021 (arXiv 2007.01284).
+    References: Z. Li, P.-Y. Chen, S. Liu, S. Lu, Y. Xu, "Rate-improved inexact augmented
+    Lagrangian method for constrained nonconvex optimization", AISTATS 2021; its stochastic
+    form, Z. Li et al., "Stochastic inexact augmented Lagrangian method for nonconvex
+    expectation constrained optimization", Comput. Optim. Appl. 2023 (the reference of
+    humancompatible-train's iALM).
     """
 
     def __init__(

@@ -52,6 +52,25 @@ def penalty_barrier_derivative(t: Tensor, kind: str) -> Tensor:
     return torch.where(t >= knot, 1.0 + t, barrier)
 
 
+class _PenaltyBarrierTerm(torch.autograd.Function):
+    r""":math:`\sum_i w_i \varphi(c_i/p_i)` with :math:`w = \lambda p`, differentiable in
+    :math:`c` only (its gradient :math:`\lambda_i \varphi'(c_i/p_i)`): one autograd node
+    instead of the dozen of the elementwise formula, which cost more than the rest of the
+    dual step on small models."""
+
+    @staticmethod
+    def forward(ctx: Any, c: Tensor, duals: Tensor, penalty: Tensor, kind: str) -> Tensor:
+        t = c / penalty
+        ctx.c_shape = c.shape
+        ctx.save_for_backward(duals * penalty_barrier_derivative(t, kind))
+        return torch.dot(duals * penalty, penalty_barrier(t, kind))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        (slope,) = ctx.saved_tensors
+        return (grad * slope).reshape(ctx.c_shape), None, None, None
+
+
 def annealed(value: float, epoch: int) -> float:
     r""":math:`1 - 1/(\sqrt e + 1/(1 - v))`: equals ``value`` at epoch 0 and tends to 1."""
     if value == 1.0:
@@ -242,7 +261,6 @@ class PBM(DualOptimizer):
             state["epoch"] += 1
 
     def _lagrangian_term(self, group: dict[str, Any], duals: Tensor, c: Tensor) -> Tensor:
-        # A copy: autograd keeps p for the backward pass while later steps update it in place.
-        penalty = self.state[group["params"][0]]["penalty"].clone()
-        weighted = duals * penalty * penalty_barrier(c / penalty, group["pbf"])
-        return weighted.sum()
+        # The node keeps only its own slope tensor, so later in-place steps of p are safe.
+        penalty = self.state[group["params"][0]]["penalty"]
+        return _PenaltyBarrierTerm.apply(c, duals, penalty, group["pbf"])

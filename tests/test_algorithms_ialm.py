@@ -146,7 +146,7 @@ def test_scheduler_written_values_are_checked_before_the_next_step():
     from algorithm_support import state_equal
 
     dual = iALM(1, lr=0.5)
-    sched = torch.optim.lr_scheduler.LambdaLR(dual, lambda epoch: -1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(dual, lambda e: 1.0 if e == 0 else -1.0)
     dual.step(torch.tensor(0.2))
     sched.step()
     before = dual.state_dict()

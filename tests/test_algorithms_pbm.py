@@ -182,7 +182,7 @@ def test_scheduler_written_lr_is_checked_before_the_next_step():
     from algorithm_support import state_equal
 
     dual = PBM(1, lr=0.5)
-    sched = torch.optim.lr_scheduler.LambdaLR(dual, lambda epoch: 3.0)  # lr -> 1.5
+    sched = torch.optim.lr_scheduler.LambdaLR(dual, lambda e: 1.0 if e == 0 else 3.0)
     dual.step(torch.tensor(0.2))
     sched.step()
     before = dual.state_dict()

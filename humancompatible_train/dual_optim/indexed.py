@@ -129,6 +129,9 @@ def _values(dual: Any, constraints: Any, dual_constraints: Any, indices: Indices
 def _step(dual: Any, values: list[Tensor], masks: list[Tensor | None]) -> None:
     """One dual step moving only the observed entries (``masks``; ``None``: all)."""
     groups = dual.param_groups
+    dual._check_hyperparameters()
+    for group in groups:
+        dual._prepare_step(group, dual.state[group["params"][0]])
     if dual.process_group is not None:
         # Each rank observes its own entries: average each entry over the ranks that
         # observed it (sums and counts in one all_reduce); an entry nobody observed stays
@@ -163,6 +166,9 @@ def forward(dual: Any, loss: Tensor, constraints: Any, indices: IndicesLike) -> 
     """:meth:`DualOptimizer.forward` on partially observed constraints."""
     dual._check_loss(loss)
     dense, _ = expand(dual.param_groups, constraints, indices, "constraints")
+    dual._check_hyperparameters()
+    if dual.check_finite:
+        dual._check_finite([d.detach() for d in dense], "constraints")
     return dual._lagrangian(loss, dense)
 
 
@@ -174,9 +180,19 @@ def step(dual: Any, constraints: Any, dual_constraints: Any, indices: IndicesLik
 
 def forward_update(dual: Any, loss: Tensor, constraints: Any, dual_constraints: Any,
                    indices: IndicesLike) -> Tensor:
-    """:meth:`DualOptimizer.forward_update` on partially observed constraints."""
+    """:meth:`DualOptimizer.forward_update` on partially observed constraints (step hooks
+    run around the dual step, with ``kwargs["indices"]``)."""
+    from . import _hooks
+
     dual._check_loss(loss)
+    hooked = _hooks.has_step_hooks(dual)
+    if hooked:
+        args, kwargs = _hooks.run_step_pre_hooks(dual, constraints, dual_constraints)
+        constraints, dual_constraints = _hooks.step_arguments(args, kwargs)
     dense, values, masks = _values(dual, constraints, dual_constraints, indices)
     _step(dual, values, masks)
-    dual._opt_called = True
+    # Learning-rate schedulers check that the optimizer stepped before they do.
+    dual._flags["opt_called"] = True
+    if hooked:
+        _hooks.run_step_post_hooks(dual, args, kwargs)
     return dual._lagrangian(loss, dense)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_real, fail
-from .base import ConstraintsLike, DualOptimizer
+from .base import DualOptimizer
 
 __all__ = ["SSG"]
 
@@ -148,15 +148,3 @@ class SSG(DualOptimizer):
         on = self.state[self.param_groups[0]["params"][0]]["on_constraints"]
         keep = torch.logical_not(on).to(loss.dtype)
         return super()._lagrangian(loss * keep, parts)
-
-    def forward_update(self, loss: Tensor, constraints: ConstraintsLike,
-                       dual_constraints: ConstraintsLike | None = None, *,
-                       indices: Any = None) -> Tensor:
-        # The general path: the switched loss is not the base's one-pass Lagrangian.
-        if indices is not None:
-            return super().forward_update(loss, constraints, dual_constraints, indices=indices)
-        self._check_loss(loss)
-        parts = self._split(constraints, "constraints")
-        self._update(parts, dual_constraints)
-        self._opt_called = True
-        return self._lagrangian(loss, parts)

@@ -176,16 +176,3 @@ def test_unchecked_mode_leaves_non_finite_entries_out():
     dual.step(torch.tensor([1.0, float("inf")]))
     assert dual.duals.tolist() == pytest.approx([1.5, 1.0])
     assert dual.penalties.tolist() == pytest.approx([0.5, 1.0])
-
-
-def test_scheduler_written_lr_is_checked_before_the_next_step():
-    from algorithm_support import state_equal
-
-    dual = PBM(1, lr=0.5)
-    sched = torch.optim.lr_scheduler.LambdaLR(dual, lambda epoch: 3.0)  # lr -> 1.5
-    dual.step(torch.tensor(0.2))
-    sched.step()
-    before = dual.state_dict()
-    with pytest.raises(ValueError, match=r"lr: expected a finite number in \[0.0, 1.0\]"):
-        dual.step(torch.tensor(0.2))
-    assert state_equal(before, dual.state_dict())

@@ -49,7 +49,8 @@ from .._validation import (
     check_real,
     fail,
 )
-from . import _checkpoint, _distributed, _hooks, _inputs
+from . import _checkpoint, _distributed, _hooks, _inputs, indexed
+from .indexed import IndicesLike
 
 try:
     from torch.compiler import is_compiling as _is_compiling
@@ -281,11 +282,16 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         return {g["name"]: g["params"][0].detach().clone() for g in self.param_groups}
 
     # ------------------------------------------------------------ the API
-    def forward(self, loss: Tensor, constraints: ConstraintsLike) -> Tensor:
+    def forward(self, loss: Tensor, constraints: ConstraintsLike, *,
+                indices: IndicesLike | None = None) -> Tensor:
         """The Lagrangian at the current multipliers; changes no state.
 
         With ``check_finite=True`` a non-finite constraint value raises, as in a step.
+        ``indices``: the observed entries of partially observed groups (see
+        :mod:`~humancompatible_train.dual_optim.indexed`).
         """
+        if indices is not None:
+            return indexed.forward(self, loss, constraints, indices)
         self._check_loss(loss)
         parts = self._split(constraints, "constraints")
         self._check_hyperparameters()
@@ -297,27 +303,40 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         self,
         constraints: ConstraintsLike,
         dual_constraints: ConstraintsLike | None = None,
+        *,
+        indices: IndicesLike | None = None,
     ) -> None:
         """Take one dual step from the constraint values.
 
         ``dual_constraints``, when given, drive the step instead of ``constraints`` (see
-        :meth:`forward_update`). Nothing is changed when an error is raised.
+        :meth:`forward_update`); ``indices``, the observed entries of partially observed
+        groups (only those multipliers move). Nothing is changed when an error is raised.
         """
+        if indices is not None:
+            indexed.step(self, constraints, dual_constraints, indices)
+            return
         self._update(self._split(constraints, "constraints"), dual_constraints)
 
     def update(
         self,
         constraints: ConstraintsLike,
         dual_constraints: ConstraintsLike | None = None,
+        *,
+        indices: IndicesLike | None = None,
     ) -> None:
         """Alias of :meth:`step`."""
-        self.step(constraints, dual_constraints)
+        if indices is not None:
+            self.step(constraints, dual_constraints, indices=indices)
+        else:
+            self.step(constraints, dual_constraints)
 
     def forward_update(
         self,
         loss: Tensor,
         constraints: ConstraintsLike,
         dual_constraints: ConstraintsLike | None = None,
+        *,
+        indices: IndicesLike | None = None,
     ) -> Tensor:
         """One dual step, then the Lagrangian at the *new* multipliers.
 
@@ -336,7 +355,14 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         Hooks registered with ``register_step_pre_hook``/``register_step_post_hook`` run around
         the dual step as for :meth:`step`, with ``args = (self, constraints)`` and
         ``kwargs = {"dual_constraints": ...}`` when proxies are given.
+
+        ``indices`` (a ``long`` tensor, or one per group): the batch observes only these
+        constraints of a group, ``constraints`` holds their values in the same order; only
+        their multipliers move and only they enter the Lagrangian
+        (:mod:`~humancompatible_train.dual_optim.indexed`).
         """
+        if indices is not None:
+            return indexed.forward_update(self, loss, constraints, dual_constraints, indices)
         groups = self.param_groups
         if (len(groups) == 1 and dual_constraints is None and self.check_finite
                 and self.process_group is None and self._fast_path

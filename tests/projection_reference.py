@@ -9,6 +9,7 @@ import pytest
 from scipy.optimize import minimize
 
 from humancompatible_train._projection import batch, pair, solver
+from humancompatible_train.dual_optim import projection
 
 
 def scipy_projection(z, cells, eps, bounds, residual_targets=None):
@@ -91,7 +92,7 @@ def use_path(monkeypatch, path):
     NumPy below a size), ``"host-torch"`` (the same with its O(N) work in torch) or
     ``"device"`` (tensor operations only, as on an accelerator)."""
     if path == "device":
-        for module in (batch, solver):
+        for module in (batch, solver, projection):
             monkeypatch.setattr(module, "host_branch", lambda device: False)
     elif path == "host-torch":
         monkeypatch.setattr(pair, "_NUMPY_ROWS", 0)

@@ -90,7 +90,7 @@ def test_protected_column_must_hold_group_ids(column, shown, inference):
     x[:, 0] = torch.tensor(column)
     before = snapshot(m)
     with pytest.raises(ValueError, match=r"x\[:, 0\]: expected group ids: integers in 0..1 "
-                                         rf"\(the protected column\), got 'values such as {shown}"):
+                                         rf"\(the protected column\), got {shown}"):
         m(x, inference=inference)
     assert snapshot(m) == before
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Cells", "Solution"]
+__all__ = ["Cells", "PairSolution", "Solution", "host_branch", "segment_sum"]
 
 _F64 = torch.float64
 _HOST_DTYPES = (torch.float32, torch.float64)
@@ -31,6 +31,11 @@ def host_branch(device: torch.device) -> bool:
     """Whether reading a value back costs nothing (CPU tensors): then branches are taken on
     the host instead of computing both sides and selecting with ``torch.where``."""
     return device.type == "cpu"
+
+
+def segment_sum(values: Tensor, ids: Tensor, C: int) -> Tensor:
+    """Sum of ``values`` per id in ``0..C-1``, without reading anything back."""
+    return torch.zeros(C, dtype=values.dtype, device=values.device).index_add_(0, ids, values)
 
 
 class Cells:
@@ -51,9 +56,9 @@ class Cells:
             a float on the host path, else a 0-d tensor.
 
     Raises:
-        IndexError: a cell id outside ``0..K*S-1``. It is found from the length of the
-            counts (an id is clamped to ``K*S`` first, so a huge id allocates nothing); no
-            value is read back from an accelerator for it.
+        IndexError: (CPU) a cell id outside ``0..K*S-1``, found from the length of the
+            counts (an id is clamped to ``K*S`` first, so a huge id allocates nothing). On an
+            accelerator nothing is read back: ids must have been checked.
     """
 
     def __init__(self, z: Tensor, cell: Tensor, K: int, S: int, band: bool = True) -> None:
@@ -74,15 +79,21 @@ class Cells:
             s0, s1 = np.bincount(cn, self.zn, C).tolist()
             self.n, self.sums, self.total = tuple(n.tolist()), (s0, s1), s0 + s1
             return
-        try:
-            n = torch.bincount(cell.clamp(max=C), minlength=C)
-        except RuntimeError:  # a negative id
-            n = None
-        if n is None or n.numel() != C:
-            raise IndexError(f"cell ids must lie in 0..{C - 1}")
         self.zd = z.detach().to(_F64)
-        self.n = n.to(_F64)
-        self.sums = torch.bincount(cell, weights=self.zd, minlength=C)
+        if host_branch(z.device):
+            try:
+                n = torch.bincount(cell.clamp(max=C), minlength=C)
+            except RuntimeError:  # a negative id
+                n = None
+            if n is None or n.numel() != C:
+                raise IndexError(f"cell ids must lie in 0..{C - 1}")
+            self.n = n.to(_F64)
+            self.sums = torch.bincount(cell, weights=self.zd, minlength=C)
+        else:
+            # bincount would wait for the device to size its output: sums into C slots. An id
+            # out of range stops the kernel (callers that promise an error check ids first).
+            self.n = segment_sum(torch.ones_like(self.zd), cell, C)
+            self.sums = segment_sum(self.zd, cell, C)
         self.total = self.sums.sum()
 
     def counts(self) -> Tensor:

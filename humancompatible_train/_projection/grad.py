@@ -24,14 +24,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .batch import segment_sum
+
 __all__ = ["Apply", "vjp"]
 
 
 def _segment_sum(xp: Any, ids: Any, values: Any, C: int) -> Any:
     """Sum of ``values`` per id in ``0..C-1`` (no value read back on an accelerator)."""
-    if xp is np:
-        return np.bincount(ids, values, C)
-    return torch.zeros(C, dtype=values.dtype, device=values.device).index_add_(0, ids, values)
+    return np.bincount(ids, values, C) if xp is np else segment_sum(values, ids, C)
 
 
 def vjp(xp: Any, v: Any, cell: Any, free: Any, n: Any, active: Any, K: int, S: int,

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .batch import PairSolution
+from .batch import PairSolution, segment_sum
 
 __all__ = ["gap_polyline", "pair_boxed", "pair_host"]
 
@@ -91,7 +91,7 @@ def pair_boxed(z: Tensor, cell: Tensor, n: Tensor, eps: float, lo: float, hi: fl
     (1,), (1, 2), () like the general sweep of :mod:`.solver`."""
     nn = n.reshape(2).clamp(min=1)
     es, G, slope = gap_polyline(torch, z, cell == 0, nn[0], nn[1], lo, hi)
-    m = torch.bincount(cell, weights=z.clamp(lo, hi), minlength=2) / nn
+    m = segment_sum(z.clamp(lo, hi), cell, 2) / nn
     gap = m[0] - m[1]
     target = gap.sign() * eps  # a zero gap is slack: its target is never used
     # The root nearest s = 0: after the last kink with G <= target when s < 0, with
@@ -106,7 +106,7 @@ def pair_boxed(z: Tensor, cell: Tensor, n: Tensor, eps: float, lo: float, hi: fl
     s = torch.where(gap.abs() <= eps, 0.0, s)
     delta = s / torch.cat([nn[:1], -nn[1:]])
     q = (z + delta.index_select(0, cell)).clamp_(lo, hi)
-    t = (torch.bincount(cell, weights=q, minlength=2) / nn).min()
+    t = (segment_sum(q, cell, 2) / nn).min()
     zmin, zmax = torch.aminmax(z)
     return t.view(1), delta.view(1, 2), zmax - zmin + (hi - lo)
 

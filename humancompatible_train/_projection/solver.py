@@ -316,7 +316,11 @@ def project_cells(z: Tensor, cell: Tensor, K: int, S: int, eps: float,
         cells = Cells(z, cell, K, S, band=targets is None)
     grad = z.requires_grad and torch.is_grad_enabled()
     if cells.host:
-        sol: Solution = pair_host(cells, eps, bounds)
+        if math.isfinite(cells.total):
+            sol: Solution = pair_host(cells, eps, bounds)
+        else:  # unchecked NaN/Inf rows give NaN, as on the other paths, without NumPy warnings
+            with np.errstate(all="ignore"):
+                sol = pair_host(cells, eps, bounds)
         qn = sol.q.numpy()
         sol.q = torch.from_numpy(qn.astype(np.float32, copy=False)) \
             if z.dtype == torch.float32 else sol.q

@@ -52,7 +52,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._projection.batch import Cells, Solution
+from .._projection.batch import Cells, Solution, host_branch, segment_sum
 from .._projection.solver import project_cells
 from .._validation import check_bool, check_bounds, check_choice, check_int, check_real, fail
 from .base import ConstraintsLike, DualOptimizer
@@ -172,6 +172,15 @@ class FairProjection(DualOptimizer):
                          check_finite=check_bool("check_finite", check_finite, where=where))
         self._name = name
 
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.optim.Optimizer.__getstate__ keeps defaults, state and param_groups only; a
+        # copy also needs the settings (and the base class's check_finite, device, dtype).
+        # Hook dictionaries are left to the base class, as torch does.
+        state = super().__getstate__()
+        state.update({k: v for k, v in self.__dict__.items()
+                      if k not in state and not k.startswith("_optimizer_")})
+        return state
+
     # ------------------------------------------------------- the dual-optimizer API
     def _dual_step(self, group: dict[str, Any], state: dict[str, Any], c: Tensor) -> None:
         """No dual step: the multipliers are those of the last :meth:`project`."""
@@ -221,8 +230,14 @@ class FairProjection(DualOptimizer):
         flat, g, y, checks = self._inputs(z, groups, labels)
         S, K = self.num_groups, self.num_classes
         ids = f"group ids in 0..{S - 1}"
+        host = host_branch(flat.device)
+        if self.check_finite and not host:
+            # Before any indexing op: an id out of range would stop an accelerator's kernel.
+            checks.append((((g < 0) | (g >= S)).any(), "groups", ids, g))
+            self._check_values(flat, flat.sum(dtype=_F64), checks)
         if K == 2:
-            self._count_ids(g, S, "groups", ids)
+            if host:
+                self._count_ids(g, S, "groups", ids)
             cell = y.long() * S + g  # type: ignore[union-attr]
         else:
             cell = g
@@ -234,12 +249,12 @@ class FairProjection(DualOptimizer):
                 raise fail("groups", ids, _distinct(g)) from None
             raise fail("labels", "labels in {0, 1} (equalized odds)",
                        _distinct(y)) from None  # type: ignore[arg-type]
-        if self.check_finite:
+        if self.check_finite and host:  # the sums are there: their total is the finite test
             self._check_values(flat, cells.total, checks)
         targets = None
         if residual:
             n = cells.n
-            ybar = torch.bincount(g, weights=y, minlength=S) / n.clamp(min=1)
+            ybar = segment_sum(y, g, S) / n.clamp(min=1)  # type: ignore[arg-type]
             if self.bounds is not None:
                 self._check_residual(ybar, n)
             targets = ybar.view(1, S)
@@ -318,7 +333,7 @@ class FairProjection(DualOptimizer):
             flags = [float(total)]
         if not math.isfinite(flags[0]) and not bool(torch.isfinite(flat).all()):
             bad = (~torch.isfinite(flat)).nonzero().flatten()[:10].tolist()
-            raise fail("z", "finite predictions", f"NaN or Inf at rows {bad}")
+            raise ValueError(f"z: expected finite predictions, got NaN or Inf at rows {bad}")
         for flag, (_, name, what, values) in zip(flags[1:], checks):
             if flag:
                 raise fail(name, what, _distinct(values))
@@ -336,7 +351,6 @@ class FairProjection(DualOptimizer):
                 f"but its achievable range under the bounds is [{lo}, {hi}]")
 
 
-def _distinct(values: Tensor) -> str:
-    """The first distinct values of a bad argument, for its error message."""
-    seen = torch.unique(values.detach().reshape(-1)).tolist()
-    return f"values {seen[:10]}{' ...' if len(seen) > 10 else ''}"
+def _distinct(values: Tensor) -> list[Any]:
+    """The first (up to 10) distinct values of a bad argument, for its error message."""
+    return torch.unique(values.detach().reshape(-1)).tolist()[:10]

@@ -145,8 +145,7 @@ class FairModel(torch.nn.Module):
             bad |= values != values.round()  # NaN included
         if bool(bad.any()):
             shown = [float(f"{v:.6g}") for v in torch.unique(values[bad]).tolist()[:5]]
-            raise fail(name, f"group ids: integers in 0..{S - 1} (the protected column)",
-                       f"values such as {shown}")
+            raise fail(name, f"group ids: integers in 0..{S - 1} (the protected column)", shown)
         return values.long()
 
     def forward(self, x: Tensor, y: Tensor | None = None, inference: bool = False,

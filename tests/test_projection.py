@@ -1,5 +1,5 @@
 """FairProjection: exact against scipy, KKT with its multipliers, invariance, gradients,
-training through the layer, and the bad-input paths."""
+training through the layer (the two-group paths, the API and bad input have their own files)."""
 
 from __future__ import annotations
 

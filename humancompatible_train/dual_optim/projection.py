@@ -172,15 +172,6 @@ class FairProjection(DualOptimizer):
                          check_finite=check_bool("check_finite", check_finite, where=where))
         self._name = name
 
-    def __getstate__(self) -> dict[str, Any]:
-        # torch.optim.Optimizer.__getstate__ keeps defaults, state and param_groups only; a
-        # copy also needs the settings (and the base class's check_finite, device, dtype).
-        # Hook dictionaries are left to the base class, as torch does.
-        state = super().__getstate__()
-        state.update({k: v for k, v in self.__dict__.items()
-                      if k not in state and not k.startswith("_optimizer_")})
-        return state
-
     # ------------------------------------------------------- the dual-optimizer API
     def _dual_step(self, group: dict[str, Any], state: dict[str, Any], c: Tensor) -> None:
         """No dual step: the multipliers are those of the last :meth:`project`."""

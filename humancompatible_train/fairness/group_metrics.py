@@ -476,7 +476,11 @@ def _check_binary(y: Tensor, reads: Reads) -> None:
 
 
 def _counts_device(device: Any) -> torch.device:
-    dev = check_device("device", device)
+    try:
+        mps = torch.device(device).type == "mps"
+    except (RuntimeError, TypeError, ValueError):
+        mps = False  # check_device names the problem
+    dev = check_device("device", device) if not mps else torch.device("mps")
     if dev.type == "mps":
         raise fail("device", "a device with float64 (the counts' dtype; MPS has none, keep "
                    "them on the CPU)", Shown(str(dev)))

@@ -66,17 +66,17 @@ JMLR 2019)::
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from typing import Any
 
 import torch
-from fairret.statistic import LinearFractionalStatistic, StackedLinearFractionalStatistic
+from fairret.statistic import LinearFractionalStatistic
 from torch import Tensor
 
 from .._validation import check_choice, check_real, fail
 from ._checks import Reads, Shown, check_validate, kind
+from ._statistics import STATISTICS, parts_of, statistic_by_name, takes_arguments
 from .constraint_values import (
     Coef,
     ConstraintValues,
@@ -92,52 +92,8 @@ __all__ = ["ConstraintValues", "FairnessConstraint", "statistic_by_name", "STATI
 
 logger = logging.getLogger("humancompatible_train")
 
-#: Short names used in row names, and the classes they stand for.
-STATISTICS = {
-    "PositiveRate": "PR",
-    "TruePositiveRate": "TPR",
-    "FalsePositiveRate": "FPR",
-    "PositivePredictiveValue": "PPV",
-    "FalseOmissionRate": "FOR",
-    "Accuracy": "ACC",
-    "FScore": "F",
-    "FalseNegativeFalsePositiveFraction": "FNFP",
-}
 _MODES = ("pairwise", "overall", "max_gap", "abs_diff")
 _INACTIVE = ("zero", "nan")
-
-
-def statistic_by_name(name: str) -> LinearFractionalStatistic:
-    """A fairret statistic from its class name; ``"A+B"`` stacks several."""
-    import fairret.statistic as fs
-
-    if not isinstance(name, str):
-        raise fail("statistic", "a name", kind(name))
-    parts = [p.strip() for p in name.split("+")]
-    stats = []
-    for p in parts:
-        cls = getattr(fs, p, None)
-        if p not in STATISTICS or cls is None:
-            raise fail("statistic", f"one of {sorted(STATISTICS)} (or several joined by '+')",
-                       p)
-        stats.append(cls())
-    return stats[0] if len(stats) == 1 else StackedLinearFractionalStatistic(*stats)
-
-
-def _parts(stat: LinearFractionalStatistic) -> list[LinearFractionalStatistic]:
-    """The statistics of a (possibly nested) stack, in order."""
-    if isinstance(stat, StackedLinearFractionalStatistic):
-        return [q for p in stat.statistics for q in _parts(p)]
-    return [stat]
-
-
-def _takes_arguments(stat: LinearFractionalStatistic) -> bool | None:
-    """Whether the statistic's canonical form takes arguments (labels); None if unknown."""
-    sig = getattr(type(stat), "expected_signature", None)
-    if not isinstance(sig, inspect.Signature):
-        return None
-    params = [p for p in sig.parameters.values() if p.name != "self"]
-    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
 
 
 def _fast_statistics(a: float, b: float, w: Tensor, p: Tensor) -> Tensor:
@@ -212,9 +168,9 @@ class FairnessConstraint:
             raise ValueError(f"mode 'abs_diff' compares exactly 2 groups, got {self.groups.S}: "
                              f"{list(self.groups.names)}; use 'pairwise' or 'max_gap'")
         self.statistic = statistic
-        self.parts = _parts(statistic)
+        self.parts = parts_of(statistic)
         self.short = [STATISTICS.get(type(p).__name__, type(p).__name__) for p in self.parts]
-        self._takes = [_takes_arguments(p) for p in self.parts]
+        self._takes = [takes_arguments(p) for p in self.parts]
         self.needs_labels = any(t is True for t in self._takes)
         # fairret's own statistics weigh rows by their labels: those must lie in [0, 1].
         self._label_weights = any(t is True and type(p).__module__.startswith("fairret.")

@@ -287,3 +287,16 @@ def test_default_reads_once_per_call_on_cpu_with_item():
     finally:
         torch.Tensor.item = item
     assert 0 < len(calls) <= 4
+
+
+def test_labels_given_to_a_statistic_without_labels_are_checked_for_shape_only():
+    fc = FairnessConstraint("PositiveRate", ["a", "b"], mode="abs_diff", pred="probabilities")
+    p, s = torch.tensor([0.2, 0.6, 0.9]), torch.tensor([0, 1, 1])
+    expected = fc(p, s).values
+    for layout in (s, torch.nn.functional.one_hot(s, 2).float()):  # both paths
+        assert torch.equal(fc(p, layout, torch.tensor([1.0, NAN, 2.0])).values, expected)
+        with pytest.raises(ValueError, match=r"labels: expected 3 values"):
+            fc(p, layout, torch.ones(4))
+    three = FairnessConstraint("PositiveRate", 3, pred="probabilities")
+    with pytest.raises(ValueError, match=r"labels: expected a real tensor, got list"):
+        three(p, s, [1, 0, 1])

@@ -172,6 +172,7 @@ class FairnessConstraint:
         self.short = [STATISTICS.get(type(p).__name__, type(p).__name__) for p in self.parts]
         self._takes = [takes_arguments(p) for p in self.parts]
         self.needs_labels = any(t is True for t in self._takes)
+        self._labels_unused = all(t is False for t in self._takes)
         # fairret's own statistics weigh rows by their labels: those must lie in [0, 1].
         self._label_weights = any(t is True and type(p).__module__.startswith("fairret.")
                                   for p, t in zip(self.parts, self._takes))
@@ -189,7 +190,7 @@ class FairnessConstraint:
         coef = self._coef[0] if len(self._coef) == 1 else None
         self._fast = coef if (self._two_groups and coef is not None and is_linear([coef])
                               and all(is_real(c) for c in coef)) else None
-        self._fast_cache: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self._fast_cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, float]] = {}
         self._index_cache: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
         logger.debug("%r: rows %s", self, self.names)
 
@@ -283,8 +284,10 @@ class FairnessConstraint:
         reads.run()
         return z, member, y, reads.proven_finite
 
-    def _labels(self, labels: Tensor | None, n: int, z: Tensor, reads: Reads
+    def _labels(self, labels: Tensor | None, n: int, z: Tensor, reads: Reads | None
                 ) -> Tensor | None:
+        """(N, 1) labels for the statistics, checked; None when no statistic takes them
+        (labels given anyway get the free checks only: their values are never used)."""
         if labels is None:
             if self.needs_labels:
                 raise fail("labels", f"labels for statistic(s) {self.short}", None)
@@ -297,6 +300,8 @@ class FairnessConstraint:
         if labels.device != z.device:
             raise fail("labels", f"a tensor on pred's device {z.device}",
                        Shown(f"device {labels.device}"))
+        if reads is None or self._labels_unused:
+            return None
         y = labels.detach().reshape(-1, 1).to(z.dtype)
         if self._label_weights:
             reads.span("labels", y, 0.0, 1.0, "labels",
@@ -457,7 +462,9 @@ class FairnessConstraint:
     def __call__(self, pred: Tensor, sens: Tensor, labels: Tensor | None = None
                  ) -> ConstraintValues:
         """Rows on the (differentiable) probabilities of ``pred``."""
-        if self._fast is not None and labels is None:
+        if self._fast is not None:
+            if labels is not None and isinstance(pred, Tensor):
+                self._labels(labels, pred.shape[0], pred, None)  # unused: free checks
             fast = self._fast_path(pred, sens)
             if fast is not None:
                 return fast

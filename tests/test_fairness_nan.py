@@ -300,3 +300,13 @@ def test_labels_given_to_a_statistic_without_labels_are_checked_for_shape_only()
     three = FairnessConstraint("PositiveRate", 3, pred="probabilities")
     with pytest.raises(ValueError, match=r"labels: expected a real tensor, got list"):
         three(p, s, [1, 0, 1])
+
+
+def test_eps_and_threshold_are_checked_whenever_set():
+    fc = FairnessConstraint("PositiveRate", 2)
+    fc.eps = 0.1
+    with pytest.raises(ValueError, match=r"eps: expected a finite number >= 0.0, got inf"):
+        fc.eps = INF
+    with pytest.raises(ValueError, match=r"threshold: expected a finite number in \[0.0, 1.0\]"):
+        fc.threshold = -1
+    assert fc.eps == 0.1 and fc.threshold == 0.5

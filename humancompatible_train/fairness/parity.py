@@ -158,9 +158,9 @@ class FairnessConstraint:
         if not isinstance(statistic, LinearFractionalStatistic):
             raise fail("statistic", "a fairret LinearFractionalStatistic", kind(statistic))
         self.mode = check_choice("mode", mode, _MODES)
-        self.eps = check_real("eps", eps, low=0.0)
+        self.eps = eps
         self.pred = check_choice("pred", pred, ("logits", "probabilities"))
-        self.threshold = check_real("threshold", threshold, low=0.0, high=1.0)
+        self.threshold = threshold
         self.inactive = check_choice("inactive", inactive, _INACTIVE)
         self.validate = check_validate(validate)
         self.groups = Groups.parse(groups)
@@ -197,6 +197,24 @@ class FairnessConstraint:
     def __repr__(self) -> str:
         return (f"FairnessConstraint({'+'.join(self.short)}, groups={list(self.groups.names)}, "
                 f"mode={self.mode!r}, eps={self.eps}, m={self.m})")
+
+    @property
+    def eps(self) -> float:
+        r"""The tolerance :math:`\varepsilon` (finite, >= 0; checked whenever it is set)."""
+        return self._eps
+
+    @eps.setter
+    def eps(self, value: float) -> None:
+        self._eps = check_real("eps", value, low=0.0)
+
+    @property
+    def threshold(self) -> float:
+        """The decision threshold of :meth:`decisions` (in [0, 1]; checked whenever set)."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self._threshold = check_real("threshold", value, low=0.0, high=1.0)
 
     @property
     def statistic_names(self) -> list[str]:

@@ -205,3 +205,19 @@ def test_float32_matches_float64_and_keeps_its_dtype():
     r32 = fc(logit.float(), sens.float(), y)
     assert r32.values.dtype == torch.float32
     torch.testing.assert_close(r32.values.double(), r64.values, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_column_and_flat_predictions_agree_with_gradients(mode):
+    logit, sens, _, _ = batch(11, 40, (2,), "onehot")
+    fc = FairnessConstraint("PositiveRate", 2, mode=mode, eps=0.01)
+    flat = logit.clone().requires_grad_()
+    column = logit.clone().view(-1, 1).requires_grad_()
+    a, b = fc(flat, sens), fc(column, sens)
+    torch.testing.assert_close(a.values, b.values)
+    assert a.values.shape == b.values.shape == (fc.m,)
+    torch.testing.assert_close(a.statistics, b.statistics)
+    torch.testing.assert_close(a.overall, b.overall)
+    (ga,) = torch.autograd.grad(a.values.sum(), flat)
+    (gb,) = torch.autograd.grad(b.values.sum(), column)
+    torch.testing.assert_close(ga, gb.view(-1))

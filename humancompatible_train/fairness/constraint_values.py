@@ -130,6 +130,7 @@ def ratio_statistics(coefs: list[Coef], member_t: Tensor, p: Tensor, names: list
 def overall_statistics(coefs: list[Coef], p: Tensor, names: list[str]
                        ) -> tuple[Tensor, Tensor]:
     """(K,) statistics over every row of the batch, and where their denominator is 0."""
+    p = p.reshape(-1)
     every = torch.ones_like(p).unsqueeze(0)
     if is_linear(coefs):
         A, B, absent = linear_statistics(coefs, every, p, names)

@@ -98,7 +98,7 @@ _INACTIVE = ("zero", "nan")
 
 def _fast_statistics(a: float, b: float, w: Tensor, p: Tensor) -> Tensor:
     """(1, 2) statistics of the fast path: a + b (w^T p) per group (a where present)."""
-    return (a * w.sum(0) + b * (p @ w)).unsqueeze(0)
+    return (a * w.sum(0) + b * (p.reshape(-1) @ w)).unsqueeze(0)
 
 
 class FairnessConstraint:
@@ -454,10 +454,13 @@ class FairnessConstraint:
         den = counts if c == 1 else counts * c
         absent = den == 0
         w = member / den.clamp_min(tiny)  # (N, 2): the weights of the group means
-        p = self._probabilities(pred, finite)
+        # An (N, 1) prediction stays a column for abs_diff: (N,) @ (N, 1) is the (1,) row.
+        column = self.mode == "abs_diff" and len(shape) == 2
+        p = self._probabilities(pred, finite, flat=not column)
         # With both groups present the intercept a cancels in the difference; with one
         # absent the row is inactive and its value replaced.
-        values = p @ (w @ pm)  # the only product in the autograd graph (0-d or (2,))
+        rows = w @ pm  # per-row coefficients, no gradient
+        values = rows @ p if column else p @ rows  # the only product in the autograd graph
         if self.mode == "abs_diff":
             values = values.abs()
         inactive = absent.any(0, keepdim=True)  # (1,): where() broadcasts a 0-d value
@@ -468,10 +471,11 @@ class FairnessConstraint:
                                 (_fast_statistics, (a, b, w, p)), absent,
                                 ([self._fast], p, self.short))
 
-    def _probabilities(self, pred: Tensor, finite: bool) -> Tensor:
-        """(N,) probabilities, differentiable. The sigmoid maps an infinite logit to 0 or 1:
-        unless the logits were read and found finite, a NaN guard keeps it non-finite."""
-        z = pred.reshape(-1)
+    def _probabilities(self, pred: Tensor, finite: bool, flat: bool = True) -> Tensor:
+        """(N,) probabilities (``pred``'s shape unless ``flat``), differentiable. The sigmoid
+        maps an infinite logit to 0 or 1: unless the logits were read and found finite, a NaN
+        guard keeps it non-finite."""
+        z = pred.reshape(-1) if flat else pred
         if self.pred == "probabilities":
             return z  # NaN and infinities carry through the sums by themselves
         p = torch.sigmoid(z)

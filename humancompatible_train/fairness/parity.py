@@ -96,9 +96,10 @@ _MODES = ("pairwise", "overall", "max_gap", "abs_diff")
 _INACTIVE = ("zero", "nan")
 
 
-def _fast_statistics(a: float, b: float, w: Tensor, p: Tensor) -> Tensor:
-    """(1, 2) statistics of the fast path: a + b (w^T p) per group (a where present)."""
-    return (a * w.sum(0) + b * (p.reshape(-1) @ w)).unsqueeze(0)
+def _fast_statistics(a: float, b: float, member: Tensor, inv: Tensor, p: Tensor) -> Tensor:
+    """(1, 2) statistics of the fast path: a n_g / d_g + b (s_g . p) / d_g per group, for
+    the membership ``member`` and the safe denominators ``inv`` = d_g."""
+    return ((a * member.sum(0) + b * (p.reshape(-1) @ member)) / inv).unsqueeze(0)
 
 
 class FairnessConstraint:
@@ -420,28 +421,25 @@ class FairnessConstraint:
             member = (ids.unsqueeze(1) == torch.arange(2, device=device)).to(dtype)
         else:
             return None
-        z = pred.detach()
         validate = self.validate
+        finite = False
         if n and (validate is True or (validate is None and device.type == "cpu")):
             lo, hi = torch.aminmax(member if ids is None else ids)
-            total = z.sum() if self.pred == "logits" else torch.aminmax(z)
+            z = pred.detach()
+            # Logits: their sum is finite when every logit is (a finite sum that overflows
+            # only costs the NaN guard); probabilities: their range.
+            reads = [lo, hi, z.sum()] if self.pred == "logits" else [lo, hi, *torch.aminmax(z)]
             if device.type == "cpu":
-                got = (lo.item(), hi.item(), *(x.item() for x in (
-                    total if isinstance(total, tuple) else (total,))))
+                got = [x.item() for x in reads]
             else:
-                got = tuple(torch.stack([x.to(torch.float64) for x in (
-                    lo, hi, *(total if isinstance(total, tuple) else (total,)))]).tolist())
-            top = 1 if ids is not None else 1.0
-            if not (got[0] >= 0 and got[1] <= top):
+                got = torch.stack([x.to(torch.float64) for x in reads]).tolist()
+            if not (got[0] >= 0 and got[1] <= 1):
                 return None  # out of range or NaN memberships: the general path says which
             if len(got) == 4 and not (got[2] >= 0 and got[3] <= 1):
-                return None  # probabilities out of range
-            finite = all(math.isfinite(x) for x in got[2:])
-            # A sum of finite logits that overflows only costs the NaN guard of the sigmoid.
+                return None  # probabilities out of range (or NaN)
+            finite = math.isfinite(got[2])
             if not finite and validate is True:
                 return None
-        else:
-            finite = False
         a, b, c, _ = self._fast
         cached = self._fast_cache.get((device, dtype))
         if cached is None:
@@ -452,23 +450,25 @@ class FairnessConstraint:
         pm, tiny = cached
         counts = member.sum(0)
         den = counts if c == 1 else counts * c
-        absent = den == 0
-        w = member / den.clamp_min(tiny)  # (N, 2): the weights of the group means
+        # Per-row coefficients of the rows (no gradient): the difference of the group means,
+        # member @ (pm / n_g); an absent group (n_g = 0) has no member, its share is 0.
+        inv = den.clamp_min(tiny)
+        rows = member @ (pm / inv if pm.dim() == 1 else pm / inv.unsqueeze(1))
         # An (N, 1) prediction stays a column for abs_diff: (N,) @ (N, 1) is the (1,) row.
         column = self.mode == "abs_diff" and len(shape) == 2
         p = self._probabilities(pred, finite, flat=not column)
-        # With both groups present the intercept a cancels in the difference; with one
-        # absent the row is inactive and its value replaced.
-        rows = w @ pm  # per-row coefficients, no gradient
         values = rows @ p if column else p @ rows  # the only product in the autograd graph
         if self.mode == "abs_diff":
             values = values.abs()
+        # With both groups present the intercept a cancels in the difference; with one
+        # absent the row is inactive and its value replaced.
+        absent = den == 0
         inactive = absent.any(0, keepdim=True)  # (1,): where() broadcasts a 0-d value
         if self.mode == "pairwise":
             inactive = inactive.expand(2)
         values = torch.where(inactive, self._fill, values - self.eps)
         return ConstraintValues(values, inactive, self._names, self.name, self.eps,
-                                (_fast_statistics, (a, b, w, p)), absent,
+                                (_fast_statistics, (a, b, member, inv, p)), absent,
                                 ([self._fast], p, self.short))
 
     def _probabilities(self, pred: Tensor, finite: bool, flat: bool = True) -> Tensor:

@@ -38,11 +38,19 @@ def test_overhead_runs_both_settings_and_prints_ratios():
             assert float(to_penalty) == 1.0
 
 
-def test_fairness_tradeoff_runs_one_short_seed():
-    out = run_script("fairness_tradeoff.py", "--datasets", "dutch", "--seeds", "0",
-                     "--epochs", "1")
-    for method in ("unconstrained", "fairret NormLoss", "ours ALM", "ours PrimalDual"):
-        assert re.search(rf"^\s+{re.escape(method)}\s+0\.\d+", out, flags=re.MULTILINE), method
+def test_fairness_tradeoff_runs_a_slice_and_resumes(tmp_path):
+    results = tmp_path / "runs.json"
+    args = ("--datasets", "dutch", "--seeds", "0", "--eps", "0.05", "--batch-sizes", "1024",
+            "--epochs", "1", "--methods", "default", "validated", "alm-0.1",
+            "--results", str(results))
+    out = run_script("fairness_tradeoff.py", *args)
+    for method in ("default", "validated", "alm-0.1"):
+        assert re.search(rf"^dutch\s+0\.05\s+1024 {re.escape(method)}\s+0\.\d+", out,
+                         flags=re.MULTILINE), method
+    assert "validated: test gap <= eps in" in out
+    # A second call finds every run in the cache and trains nothing.
+    again = run_script("fairness_tradeoff.py", *args)
+    assert "(0 s)" not in again and not re.search(r"^dutch\|", again, flags=re.MULTILINE)
 
 
 def test_inference_and_projection_scripts_run():

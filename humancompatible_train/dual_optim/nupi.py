@@ -1,0 +1,144 @@
+r"""nuPI: proportional-integral control of the Lagrange multipliers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._validation import check_real
+from .base import DualOptimizer
+
+__all__ = ["nuPI"]
+
+
+def nupi_step(duals: Tensor, xi: Tensor, started: Tensor, c: Tensor, *, lr: float,
+              kappa_p: float, kappa_i: float, nu: float) -> None:
+    r"""One unprojected nuPI step, in place: ``xi`` becomes :math:`\xi_t`, ``duals`` moves by
+    :math:`\eta(\kappa_i c_t + \kappa_p(\xi_t - \xi_{t-1}))`; entries not ``started`` take
+    :math:`\xi_{t-1} = c_t` (the filter starts at its first value)."""
+    previous = torch.where(started, xi, c)
+    xi.copy_(previous).mul_(nu).add_(c, alpha=1.0 - nu)
+    duals.add_(c, alpha=lr * kappa_i)
+    if kappa_p != 0.0:
+        duals.add_(xi - previous, alpha=lr * kappa_p)
+    started.fill_(True)
+
+
+class nuPI(DualOptimizer):  # noqa: N801 - the name Cooper and humancompatible-train use
+    r"""ν-PI control of the multipliers (Sohrabi et al., ICML 2024).
+
+    Dual ascent :math:`\lambda \leftarrow \lambda + \eta c` is an *integral* controller: the
+    multiplier integrates the constraint error, so it keeps pushing after the model has
+    crossed into feasibility and the constraint overshoots and oscillates. νPI adds a
+    *proportional* term on an exponential moving average :math:`\xi` of the error, which
+    reacts at once to a change of violation and damps that oscillation.
+
+    **Dual step** (per group: constraint values :math:`c_t`, step :math:`\eta` = ``lr``,
+    gains :math:`\kappa_p` = ``kappa_p``, :math:`\kappa_i` = ``kappa_i``, EMA coefficient
+    :math:`\nu` = ``nu``; :math:`t = 0, 1, \dots` counts the group's steps):
+
+    .. math::
+
+        \xi_t = \nu\, \xi_{t-1} + (1 - \nu)\, c_t, \qquad
+        \lambda_{t+1} = \operatorname{clamp}\big(\lambda_t + \eta\,[\kappa_i c_t
+            + \kappa_p (\xi_t - \xi_{t-1})],\ l, u\big)
+
+    **Initial state**: :math:`\xi_{-1} = c_0`, i.e. the moving average starts at the first
+    constraint value, so :math:`\xi_0 = c_0` and the first step is plain dual ascent,
+    :math:`\lambda_1 = \lambda_0 + \eta\kappa_i c_0` (Cooper's default initialisation;
+    humancompatible-train starts the average at 0 instead, :math:`\xi_0 = (1-\nu)c_0`, so
+    its second step differs from this one by :math:`\eta\kappa_p\nu(1-\nu)c_0`). While no
+    clamp is active the update sums to the PI law
+
+    .. math::
+
+        \lambda_{t+1} = \lambda_0 + \eta\Big[\kappa_i \sum_{\tau=0}^{t} c_\tau
+            + \kappa_p (\xi_t - c_0)\Big].
+
+    The clamp acts on every step (no integral wind-up while a multiplier sits at 0). Each
+    entry's average starts at its own first *finite* value when ``check_finite=False`` masks
+    entries out. The Lagrangian is :math:`f + \lambda^\top c`.
+
+    **Reductions**: ``kappa_p=0`` is :class:`~humancompatible_train.dual_optim.ALM` with
+    step :math:`\eta\kappa_i` (plain projected dual ascent); ``nu=0, kappa_p=kappa_i`` is
+    the optimistic gradient step :math:`\lambda_{t+1} = \lambda_t + \eta\kappa_i(2c_t -
+    c_{t-1})` (Popov 1980).
+
+    Learning-rate schedulers scale :math:`\eta`, hence both gains together. The defaults
+    (:math:`\eta = 0.1`, :math:`\kappa_p = 10`, :math:`\kappa_i = 1`, :math:`\nu = 0.9`) are
+    a damped controller for constraint values of a few hundredths, such as fairness gaps;
+    see ``docs/satisfaction.md`` for the measurements.
+
+    Example::
+
+        dual = nuPI(m=2, is_ineq=True)
+        lagrangian = dual.forward_update(loss, rows)   # rows <= 0 wanted
+        lagrangian.backward(); optimizer.step()
+
+    Reference: M. Sohrabi, J. Ramirez, T. H. Zhang, S. Lacoste-Julien, J. Gallego-Posada,
+    "On PI controllers for updating Lagrange multipliers in constrained optimization",
+    ICML 2024 (arXiv 2406.04558).
+    """
+
+    def __init__(
+        self,
+        m: int | None = None,
+        lr: float = 0.1,
+        *,
+        kappa_p: float = 10.0,
+        kappa_i: float = 1.0,
+        nu: float = 0.9,
+        init_duals: float | Tensor | Sequence[float] = 0.0,
+        dual_range: tuple[float, float] | None = None,
+        is_ineq: bool = False,
+        name: str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        process_group: Any | None = None,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__(
+            m,
+            dict(lr=lr, kappa_p=kappa_p, kappa_i=kappa_i, nu=nu),
+            init_duals=init_duals,
+            is_ineq=is_ineq,
+            dual_range=dual_range,
+            name=name,
+            device=device,
+            dtype=dtype,
+            process_group=process_group,
+            check_finite=check_finite,
+        )
+
+    def _validate_group(self, group: dict[str, Any], where: str) -> None:
+        super()._validate_group(group, where)
+        prefix = f"{where}: "
+        check_real("kappa_p", group["kappa_p"], low=0.0, where=prefix)
+        check_real("kappa_i", group["kappa_i"], low=0.0, where=prefix)
+        check_real("nu", group["nu"], low=0.0, high=1.0, high_open=True, where=prefix)
+
+    def _init_state(self, group: dict[str, Any]) -> dict[str, Any]:
+        m = group["m"]
+        return {
+            "step": 0,
+            "xi": torch.zeros(m, device=self._device, dtype=self._dtype),
+            "started": torch.zeros(m, device=self._device, dtype=torch.bool),
+        }
+
+    def _dual_step(self, group: dict[str, Any], state: dict[str, Any], c: Tensor) -> None:
+        duals = group["params"][0]
+        nupi_step(duals, state["xi"], state["started"], c, lr=group["lr"],
+                  kappa_p=group["kappa_p"], kappa_i=group["kappa_i"], nu=group["nu"])
+        self._clamp(group, duals)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # The base class casts saved state tensors to the multipliers' dtype; the mask of
+        # started averages must stay boolean for torch.where.
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            state = self.state[group["params"][0]]
+            if "started" in state:
+                state["started"] = state["started"].to(torch.bool)

@@ -95,7 +95,7 @@ class FairModel(torch.nn.Module):
     # seed 001's attribute names
     @property
     def lambda_dual(self) -> float:
-        return float(self.fair.dual.duals.max())
+        return float(self.fair.lambda_dual.max())
 
     @property
     def cumulative_samples(self) -> int:

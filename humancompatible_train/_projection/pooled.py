@@ -1,0 +1,285 @@
+r"""Exact projection of a batch onto its pooled band, and onto its own band and the pooled
+band together, with prediction bounds inside the problem.
+
+A batch of rows :math:`x_i` in cells :math:`c` (label class :math:`k`, group :math:`s`) joins
+a pool that has already served :math:`N_c` predictions summing to :math:`o_c`. With
+:math:`T_c = N_c + n_c` the pooled mean of a cell after the batch is
+:math:`P_c = (o_c + \sum_{i \in c} q_i) / T_c`. We solve
+
+.. math::
+
+    \min_q \tfrac12 \|q - x\|^2 \quad\text{s.t.}\quad lo \le q \le hi,\quad
+    \text{(B)}\ P_c \in [b_k, b_k + \varepsilon_k]\ \forall c \in k,\quad
+    \text{(A, optional)}\ \bar q_c \in [a_k, a_k + \varepsilon]\ \forall c \in k,
+
+(A) over the cells present in the batch. A cell absent from the batch has a fixed pooled mean
+:math:`p_c = o_c / N_c`.
+
+**KKT.** Every constraint sees a cell through its sum only, so stationarity gives one shift
+per cell, :math:`q_i = \operatorname{clip}(x_i + \delta_c, lo, hi)`, and the cell's mean
+:math:`M_c(\delta)` is continuous, non-decreasing and piecewise linear (the polylines of
+:mod:`.solver`). Its inverse gives the shift that reaches a target mean.
+
+**(B) alone** (:func:`pooled_band_boxed`). For a band position :math:`b` each present cell
+moves its pooled mean into :math:`[b, b + \varepsilon]` by the smallest change: to
+:math:`\operatorname{clamp}(P_c(0), b, b + \varepsilon)`. Stationarity in :math:`b` says
+:math:`\Phi(b) = \sum_c T_c \delta_c(b) = 0` (multipliers :math:`T_c\delta_c` of the cells'
+band constraints) with :math:`b` inside the interval that the fixed cells allow.
+:math:`\Phi` is non-decreasing and piecewise linear in :math:`b`, with kinks where a cell's
+target crosses a vertex of its polyline (:math:`b = P_{c,j}` or :math:`P_{c,j} -
+\varepsilon`). It is evaluated at every kink at once; on the piece where it first turns
+positive it is affine, read off two interior points, and its root there is exact. The served
+rows depend on :math:`b` only (a flat piece of :math:`M_c` changes the shift, not the rows).
+When the fixed cells lie more than :math:`\varepsilon` apart or the bounds keep a cell out
+of reach, :math:`\varepsilon_k` widens to the smallest reachable gap.
+
+**(A) and (B), two groups** (:func:`joint_boxed`). The feasible cell means form a convex
+polygon and the cost :math:`\sum_c f_c(\bar q_c)` is separable and convex, so the optimum is
+the unconstrained point (the clipped rows), the projection onto (A) alone
+(:func:`~.solver.project_cells`) or onto (B) alone when that one satisfies the other band,
+and otherwise a vertex where both bands bind: one of four intersections of their lines,
+each a 2 x 2 linear system, of which the cheapest inside the box wins.
+
+**Three or more groups.** When neither single projection satisfies the other band,
+Dykstra's alternating projections (Boyle & Dykstra, 1986) between the two exact ones, ending
+on (B): the pooled band and the bounds hold exactly, the batch band to the accuracy of the
+rounds.
+
+All arithmetic is float64 on the rows' device; nothing is differentiated here (serving).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .solver import _Polylines, project_cells
+
+__all__ = ["joint_boxed", "pooled_band_boxed"]
+
+_F64 = torch.float64
+
+
+class _CellMaps:
+    """Every cell's map shift -> mean of its clipped rows, as padded tables, and its inverse.
+
+    ``D``/``V``: (C, L) the shifts and means at the cell's polyline vertices (the events of
+    :class:`~.solver._Polylines`), padded by repeating the last vertex; ``m0``: (C,) the mean
+    of the clipped rows at shift 0.
+    """
+
+    def __init__(self, x: Tensor, cell: Tensor, n: Tensor, lo: float, hi: float) -> None:
+        P = _Polylines(x, cell, n, lo, hi)
+        size = P.end - P.start
+        L = int(size.max())
+        idx = torch.minimum(P.start.unsqueeze(1) + torch.arange(L, device=x.device),
+                            (P.end - 1).unsqueeze(1))
+        self.D = P.D.index_select(0, idx.reshape(-1)).view_as(idx)
+        self.V = P.V.index_select(0, idx.reshape(-1)).view_as(idx)
+        nn = n.reshape(-1)
+        self.m0 = torch.bincount(cell, weights=x.clamp(lo, hi), minlength=nn.numel()) \
+            / nn.clamp(min=1)
+        self.lo, self.hi = lo, hi
+
+    def shift(self, target: Tensor) -> Tensor:
+        """Shifts (C, Q) that bring each cell's mean to ``target`` (C, Q) (the smallest such
+        shift; targets beyond the bounds give the end shifts)."""
+        V, D = self.V, self.D
+        L = V.shape[1]
+        j = torch.searchsorted(V, target.contiguous()).clamp_(1, max(L - 1, 1))
+        jm = j - 1
+        v0, v1 = V.gather(1, jm), V.gather(1, j)
+        d0, d1 = D.gather(1, jm), D.gather(1, j)
+        den = v1 - v0
+        t = torch.where(den > 0, (target - v0) / torch.where(den > 0, den, 1.0),
+                        (target > v0).to(_F64))
+        return torch.lerp(d0, d1, t.clamp_(0, 1))
+
+
+def _pool(n: Tensor, prior_sum: Tensor, prior_count: Tensor, lo: float, hi: float,
+          m0: Tensor, eps: float) -> tuple[Tensor, ...]:
+    """Per cell (K, S): T, the pooled mean at shift 0, the reachable pooled range, and per
+    class the tolerance and the interval of band positions that keep every cell in reach."""
+    T = prior_count + n
+    present = n > 0
+    fixed = ~present & (prior_count > 0)
+    safe_t = torch.where(present | fixed, T, 1.0)
+    p_fixed = prior_sum / torch.where(fixed, prior_count, 1.0)
+    p0 = torch.where(present, (prior_sum + n * m0) / safe_t, p_fixed)
+    p_lo = torch.where(present, (prior_sum + n * lo) / safe_t, p_fixed)
+    p_hi = torch.where(present, (prior_sum + n * hi) / safe_t, p_fixed)
+    active = present | fixed
+    low_end = torch.where(active, p_lo, -torch.inf).amax(-1)
+    high_end = torch.where(active, p_hi, torch.inf).amin(-1)
+    eps_k = torch.clamp(low_end - high_end, min=eps)
+    return T, p0, present, eps_k, low_end - eps_k, high_end
+
+
+def pooled_band_boxed(x: Tensor, cell: Tensor, K: int, S: int, eps: float,
+                      bounds: tuple[float, float], prior_sum: Tensor, prior_count: Tensor
+                      ) -> tuple[Tensor, Tensor]:
+    """Projection of the rows onto (B) and the bounds (see the module docstring).
+
+    ``x``: (N,) float64 rows; ``cell``: (N,) cells ``class * S + group``; ``prior_sum`` and
+    ``prior_count``: (K, S) float64 served sums and counts before this batch. Returns
+    ``(delta, eps_k)``: the shifts (K, S) (0 for cells absent from the batch; rows are
+    ``clip(x + delta[cell])``) and the pooled tolerance used per class (K,).
+    """
+    lo, hi = bounds
+    n = torch.bincount(cell, minlength=K * S).to(_F64).view(K, S)
+    maps = _CellMaps(x, cell, n, lo, hi)
+    delta, eps_k, _ = _pooled(maps, n, K, S, eps, prior_sum, prior_count)
+    return delta, eps_k
+
+
+def _pooled(maps: _CellMaps, n: Tensor, K: int, S: int, eps: float, prior_sum: Tensor,
+            prior_count: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    lo, hi = maps.lo, maps.hi
+    m0 = maps.m0.view(K, S)
+    T, p0, present, eps_k, b_min, b_max = _pool(n, prior_sum, prior_count, lo, hi, m0, eps)
+    safe_n = n.clamp(min=1)
+
+    def forces(b: Tensor) -> tuple[Tensor, Tensor]:
+        """Phi at band positions ``b`` (K, Q), and the shifts (K, S, Q)."""
+        target = torch.minimum(torch.maximum(p0.unsqueeze(-1), b.unsqueeze(1)),
+                               (b + eps_k.unsqueeze(-1)).unsqueeze(1))
+        mean = (target * T.unsqueeze(-1) - prior_sum.unsqueeze(-1)) / safe_n.unsqueeze(-1)
+        d = maps.shift(mean.reshape(K * S, -1)).view(K, S, -1)
+        moved = present.unsqueeze(-1) & (target != p0.unsqueeze(-1))
+        d = torch.where(moved, d, 0.0)
+        return (T.unsqueeze(-1) * d).sum(1), d
+
+    # Kinks of Phi: every vertex of every present cell of the class, on both branches.
+    pv = (prior_sum.reshape(-1, 1) + n.reshape(-1, 1) * maps.V) / T.reshape(-1, 1).clamp(min=1)
+    pv = torch.where(present.reshape(-1, 1), pv, b_min.repeat_interleave(S).unsqueeze(1))
+    pv = pv.view(K, -1)
+    cand = torch.cat([pv, pv - eps_k.unsqueeze(1), b_min.unsqueeze(1), b_max.unsqueeze(1)], 1)
+    cand = torch.minimum(torch.maximum(cand, b_min.unsqueeze(1)), b_max.unsqueeze(1))
+    cand = cand.sort(1).values
+    phi, _ = forces(cand)
+    Q = cand.shape[1]
+    j = (phi <= 0).sum(1, keepdim=True)
+    # Phi is affine strictly between consecutive kinks: read it off two interior points.
+    jl, jr = (j - 1).clamp(0, Q - 1), j.clamp(0, Q - 1)
+    b0, b1 = cand.gather(1, jl), cand.gather(1, jr)
+    inner = torch.cat([torch.lerp(b0, b1, 1 / 3), torch.lerp(b0, b1, 2 / 3)], 1)
+    f, _ = forces(inner)
+    slope = (f[:, 1] - f[:, 0]) / (inner[:, 1] - inner[:, 0])
+    root = torch.where(slope > 0, inner[:, 0] - f[:, 0] / torch.where(slope > 0, slope, 1.0),
+                       b0[:, 0])
+    b = torch.minimum(torch.maximum(root, b0[:, 0]), b1[:, 0])
+    b = torch.where(j[:, 0] == 0, cand[:, 0], torch.where(j[:, 0] == Q, cand[:, -1], b))
+    _, d = forces(b.unsqueeze(1))
+    return d[..., 0], eps_k, T
+
+
+def _means(x: Tensor, cell: Tensor, n: Tensor, delta: Tensor, bounds: tuple[float, float]
+           ) -> tuple[Tensor, Tensor]:
+    """Cell means (K, S) and the cost per class (K,) of the rows clip(x + delta[cell])."""
+    K, S = n.shape
+    q = (x + delta.reshape(-1).index_select(0, cell)).clamp(*bounds)
+    sums = torch.bincount(cell, weights=q, minlength=K * S).view(K, S)
+    cost = torch.bincount(cell, weights=(q - x) ** 2, minlength=K * S).view(K, S).sum(1)
+    return sums / n.clamp(min=1), cost
+
+
+def _gap(values: Tensor, mask: Tensor) -> Tensor:
+    hi = torch.where(mask, values, -torch.inf).amax(-1)
+    lo = torch.where(mask, values, torch.inf).amin(-1)
+    return torch.where(mask.sum(-1) >= 2, hi - lo, 0.0)
+
+
+def joint_boxed(x: Tensor, cell: Tensor, K: int, S: int, eps: float,
+                bounds: tuple[float, float], prior_sum: Tensor, prior_count: Tensor,
+                use_a: bool, use_b: bool, iters: int) -> tuple[Tensor, Tensor]:
+    """Projection of the rows onto (A) (when ``use_a``), (B) (when ``use_b``) and the bounds.
+
+    Arguments as in :func:`pooled_band_boxed`. Returns ``(q, eps_k)``: the rows (N,) and the
+    pooled tolerance per class.
+    """
+    lo, hi = bounds
+    n = torch.bincount(cell, minlength=K * S).to(_F64).view(K, S)
+    present = n > 0
+    eps_a = torch.full((K,), eps, dtype=_F64, device=x.device)
+    if not use_b:
+        sol = project_cells(x, cell, K, S, eps, bounds) if use_a else None
+        q = sol.q if sol is not None else x.clamp(lo, hi)
+        return q, eps_a
+    maps = _CellMaps(x, cell, n, lo, hi)
+    d_b, eps_k, T = _pooled(maps, n, K, S, eps, prior_sum, prior_count)
+    multi = present & (present.sum(-1, keepdim=True) >= 2)
+    if not use_a or not bool(multi.any()):
+        return _rows(x, cell, d_b, bounds), eps_k
+    seen = present | (prior_count > 0)
+    tol = 1e-9 * (1.0 + max(abs(lo), abs(hi)))
+
+    def pooled_means(m: Tensor) -> Tensor:
+        return torch.where(present, (prior_sum + n * m) / T.clamp(min=1),
+                           prior_sum / prior_count.clamp(min=1))
+
+    def feasible(m: Tensor) -> Tensor:
+        return (_gap(m, multi) <= eps + tol) & (_gap(pooled_means(m), seen) <= eps_k + tol)
+
+    m_b, cost_b = _means(x, cell, n, d_b, bounds)
+    m_0, cost_0 = _means(x, cell, n, torch.zeros_like(d_b), bounds)
+    d_a = project_cells(x, cell, K, S, eps, bounds).shifts.to(_F64)
+    m_a, cost_a = _means(x, cell, n, d_a, bounds)
+    zero = torch.zeros_like(d_b)
+    # Per class, in order of preference: the unconstrained rows, (A) alone, (B) alone.
+    ok_0, ok_a, ok_b = feasible(m_0), feasible(m_a), _gap(m_b, multi) <= eps + tol
+    choice = torch.where(ok_0.unsqueeze(1), zero,
+                         torch.where(ok_a.unsqueeze(1), d_a, d_b)).clone()
+    done = ok_0 | ok_a | ok_b
+    if bool(done.all()):
+        return _rows(x, cell, choice, bounds), eps_k
+    if S == 2:
+        d_v, ok_v = _vertex(maps, x, cell, n, T, prior_sum, eps, eps_k, bounds)
+        choice = torch.where((~done & ok_v).unsqueeze(1), d_v, choice)
+        return _rows(x, cell, choice, bounds), eps_k
+    # Three or more groups: Dykstra between the two exact projections, ending on (B).
+    y = x
+    inc_a = torch.zeros_like(x)
+    inc_b = torch.zeros_like(x)
+    for _ in range(iters):
+        u = project_cells(y + inc_a, cell, K, S, eps, bounds).q
+        inc_a = y + inc_a - u
+        v, _ = pooled_band_boxed(u + inc_b, cell, K, S, eps, bounds, prior_sum, prior_count)
+        y_new = _rows(u + inc_b, cell, v, bounds)
+        inc_b = u + inc_b - y_new
+        y = y_new
+    keep = done.repeat_interleave(S).index_select(0, cell)
+    return torch.where(keep, _rows(x, cell, choice, bounds), y), eps_k
+
+
+def _rows(x: Tensor, cell: Tensor, delta: Tensor, bounds: tuple[float, float]) -> Tensor:
+    return (x + delta.reshape(-1).index_select(0, cell)).clamp(*bounds)
+
+
+def _vertex(maps: _CellMaps, x: Tensor, cell: Tensor, n: Tensor, T: Tensor,
+            prior_sum: Tensor, eps: float, eps_k: Tensor, bounds: tuple[float, float]
+            ) -> tuple[Tensor, Tensor]:
+    """Two groups: the cheapest of the four points where both bands bind, inside the box.
+    Returns the shifts (K, 2) and whether one exists per class (K,)."""
+    lo, hi = bounds
+    K = n.shape[0]
+    s = n / T.clamp(min=1)
+    k = prior_sum[:, 1] / T[:, 1].clamp(min=1) - prior_sum[:, 0] / T[:, 0].clamp(min=1)
+    sign = torch.tensor([-1.0, 1.0], dtype=_F64, device=x.device)
+    sa = sign.repeat(2).view(1, 4)  # (A side, B side) over the four combinations
+    sb = sign.repeat_interleave(2).view(1, 4)
+    # m1 = m0 + sa eps and s1 m1 - s0 m0 = sb eps_k - k.
+    den = (s[:, 1] - s[:, 0]).unsqueeze(1)
+    safe = torch.where(den != 0, den, 1.0)
+    m0 = (sb * eps_k.unsqueeze(1) - k.unsqueeze(1) - s[:, 1:2] * sa * eps) / safe
+    m1 = m0 + sa * eps
+    m = torch.stack([m0, m1], 1)  # (K, 2, 4)
+    inside = (den != 0) & ((m >= lo) & (m <= hi)).all(1)
+    d = maps.shift(m.reshape(2 * K, 4)).view(K, 2, 4)
+    costs = []
+    for j in range(4):
+        _, c = _means(x, cell, n, d[..., j], bounds)
+        costs.append(c)
+    cost = torch.where(inside, torch.stack(costs, 1), torch.inf)
+    best = cost.argmin(1)
+    d_best = d.gather(2, best.view(K, 1, 1).expand(K, 2, 1))[..., 0]
+    return d_best, torch.isfinite(cost.min(1).values)

@@ -1,0 +1,577 @@
+r"""One serving step of :class:`~humancompatible_train.inference.FairInference`.
+
+The step works at two levels:
+
+* **rows** (torch, on the scores' device): the batch's per-cell counts and sums, then the
+  served rows :math:`q_i = z_i + \text{shift}_{c(i)}` (or a row-level solver when prediction
+  bounds bind or decisions are projected);
+* **cells** (Python floats on the host): the state is a few numbers per cell, read once
+  (``flat.tolist()``), updated (running sums, the dual step, the offsets, the cell-level
+  projection, the statistics), checked, and written back once. Nothing is written before
+  every check has passed, so an error leaves the state as it was.
+
+The maths is described in the wrapper's docstring and in :mod:`humancompatible_train.
+_projection`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._projection import (
+    cell_shifts,
+    decision_band_project,
+    decision_joint_project,
+    joint_boxed,
+)
+from .._projection.solver import _fixed_boxed
+
+if TYPE_CHECKING:
+    from .wrapper import FairInference
+
+__all__ = ["check_batch", "check_values", "serve"]
+
+_F64 = torch.float64
+_TOL = 1e-12
+
+
+# ----------------------------------------------------------------------------- checks
+def check_batch(fi: FairInference, scores: Any, groups: Any, labels: Any
+                ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Types and shapes (no value is read): flat detached scores, int64 group ids, labels."""
+    if not isinstance(scores, Tensor) or not scores.is_floating_point():
+        got = scores.dtype if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(f"scores: expected a floating tensor (float32 or float64), got {got}")
+    if scores.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"scores: expected float32 or float64 (half precision cannot hold the "
+                         f"adjustment to within the tolerance; cast with .float()), got "
+                         f"{scores.dtype}")
+    if scores.dim() > 2 or (scores.dim() == 2 and scores.shape[1] != 1):
+        raise ValueError(f"scores: expected shape (N,) or (N, 1), got {tuple(scores.shape)}")
+    z = scores.detach().reshape(-1)
+    N = z.shape[0]
+    if N == 0:
+        raise ValueError("scores: expected a non-empty batch, got 0 rows")
+    if not isinstance(groups, Tensor) or groups.numel() != N or groups.is_complex():
+        got = tuple(groups.shape) if isinstance(groups, Tensor) else type(groups).__name__
+        raise ValueError(f"groups: expected a tensor of {N} group ids, got {got}")
+    if groups.device != z.device:
+        raise ValueError(f"groups: expected a tensor on the scores' device {z.device}, got "
+                         f"{groups.device}")
+    g = groups.detach().reshape(-1)
+    if g.is_floating_point():
+        if not bool((g == g.round()).all()):
+            raise ValueError(f"groups: expected whole-number group ids, got "
+                             f"{_few(g)}")
+        g = g.long()
+    elif g.dtype != torch.int64:
+        g = g.long()
+    if labels is None:
+        if fi._labelled:
+            raise ValueError(f"labels: metric {fi.metric!r} needs labels with every batch, "
+                             "got None")
+        return z, g, None
+    if not isinstance(labels, Tensor) or labels.numel() != N or labels.is_complex():
+        got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"labels: expected a tensor of {N} values, got {got}")
+    if labels.device != z.device:
+        raise ValueError(f"labels: expected a tensor on the scores' device {z.device}, got "
+                         f"{labels.device}")
+    return z, g, labels.detach().reshape(-1).to(_F64)
+
+
+def _few(t: Tensor) -> str:
+    values = t.reshape(-1)[:8].tolist()
+    return f"{values}{' ...' if t.numel() > 8 else ''}"
+
+
+def check_values(fi: FairInference, zd: Tensor, g: Tensor, y: Tensor | None) -> Tensor:
+    """Group ids in range, finite scores whose sums cannot overflow, valid labels; returns
+    the rows' cells ``class * S + group``."""
+    S = fi.num_groups
+    try:
+        n_g = torch.bincount(g, minlength=S)
+    except RuntimeError:  # a negative id
+        n_g = None
+    if n_g is None or n_g.numel() != S:
+        raise ValueError(f"groups: expected ids in 0..{S - 1}, got values "
+                         f"{sorted(set(g.tolist()))[:10]}")
+    sq = float(torch.dot(zd, zd))
+    if not math.isfinite(sq):
+        if not bool(torch.isfinite(zd).all()):
+            raise ValueError("scores: expected finite values, got NaN or Inf; nothing was "
+                             "changed")
+        raise ValueError("scores: expected values whose squares sum to a finite float64 "
+                         "(|score| below about 1e154), got larger ones; nothing was changed")
+    if y is None:
+        return g
+    if fi.metric == "equalized_odds":
+        if not bool(((y == 0) | (y == 1)).all()):
+            raise ValueError(f"labels: expected values in {{0, 1}} for equalized_odds, got "
+                             f"{_few(y)}")
+        return y.long() * S + g
+    if not math.isfinite(float(torch.dot(y, y))):
+        raise ValueError("labels: expected finite values (below about 1e154), got "
+                         f"{_few(y)}; nothing was changed")
+    return g
+
+
+# ----------------------------------------------------------------------- the step
+def serve(fi: FairInference, scores: Tensor, groups: Tensor, labels: Tensor | None) -> Tensor:
+    """Adjust one batch and update the serving state; returns the rows (float64, flat)."""
+    z, g, y = check_batch(fi, scores, groups, labels)
+    zd = z if z.dtype == _F64 else z.to(_F64)
+    key = check_values(fi, zd, g, y)
+    C, S = fi.num_classes, fi.num_groups
+    CS = C * S
+    N = zd.shape[0]
+    n_b = torch.bincount(key, minlength=CS).tolist() if C > 1 or N > 1 else None
+    if n_b is None:  # one row of one class: its cell is its group
+        cell0 = int(key)
+        n_b = [0.0] * CS
+        n_b[cell0] = 1.0
+        sum_b = [0.0] * CS
+        sum_b[cell0] = float(zd)
+    else:
+        sum_b = torch.bincount(key, weights=zd, minlength=CS).tolist()
+    label_b = None
+    if fi._residual:
+        label_b = torch.bincount(key, weights=y, minlength=CS).tolist()  # type: ignore[arg-type]
+    st = _HostState(fi)
+    large = N >= fi.b_tau
+    st.add_batch(n_b, sum_b, label_b)
+    if fi._decision:
+        q = _serve_decisions(fi, st, zd, key, n_b, large)
+    else:
+        q = _serve_means(fi, st, zd, key, n_b, sum_b, large)
+    st.finish(N)
+    st.commit()
+    return q
+
+
+class _HostState:
+    """The state as Python floats for one step, with the batch's cell statistics."""
+
+    def __init__(self, fi: FairInference) -> None:
+        self.fi = fi
+        self.vals = fi._flat.tolist()
+        sl = fi._layout.slices
+        v = self.vals
+        self.count = v[sl["count"]]
+        self.raw = v[sl["raw_sum"]]
+        self.out = v[sl["out_sum"]]
+        self.lam = v[sl["multipliers"]]
+        self.calib = v[sl["calibration_offsets"]]
+        self.prior_count = v[sl["prior_count"]]
+        self.prior_sum = v[sl["prior_sum"]]
+        self.fixed_shares = v[sl["fixed_shares"].start] > 0
+        self.shares_fixed = v[sl["group_shares"]]
+        self.steps = v[sl["dual_steps"].start]
+        self.shares = self._shares()
+
+    # ---------------------------------------------------------------- running sums
+    def add_batch(self, n_b: list[float], sum_b: list[float], label_b: list[float] | None
+                  ) -> None:
+        fi = self.fi
+        self.count_old = self.count
+        self.count = [a + b for a, b in zip(self.count, n_b)]
+        self.raw = [a + b for a, b in zip(self.raw, sum_b)]
+        if label_b is not None:
+            sl = fi._layout.slices["label_sum"]
+            self.labels = [a + b for a, b in zip(self.vals[sl], label_b)]
+        self.shares = self._shares()
+
+    def _shares(self) -> list[float]:
+        if self.fixed_shares:
+            return self.shares_fixed
+        C, S = self.fi.num_classes, self.fi.num_groups
+        out = []
+        for k in range(C):
+            row = self.count[k * S:(k + 1) * S]
+            total = sum(row)
+            out += [c / total if total > 0 else 0.0 for c in row]
+        return out
+
+    # --------------------------------------------------------------------- the dual
+    def offsets(self, lam: list[float]) -> list[float]:
+        r""":math:`\nu_c` = calibration offset + the multipliers' offset."""
+        fi = self.fi
+        nu = list(self.calib)
+        if fi._residual:
+            for s in range(fi.num_groups):
+                nu[s] += lam[2 * s] - lam[2 * s + 1]
+            return nu
+        S, P, pi = fi.num_groups, len(fi._pairs), self.shares
+        for k in range(fi.num_classes):
+            base = k * S
+            for p, (g, h) in enumerate(fi._pairs):
+                lv = lam[k * P + p]
+                if lv:
+                    nu[base + g] += lv * pi[base + h]
+                    nu[base + h] -= lv * pi[base + g]
+        return nu
+
+    def dual_step(self, response_sums: list[float], subtract_offsets: bool) -> None:
+        """One projected ascent step on the pooled constraints of the primal response."""
+        fi = self.fi
+        t = self.steps + 1
+        eta = fi.eta_0 / math.sqrt(t)
+        eps = fi.fairness_tolerance
+        nu = self.offsets(self.lam) if subtract_offsets else None
+        resp: list[float | None] = []
+        for c, (a, n) in enumerate(zip(response_sums, self.count)):
+            total = n + self.prior_count[c]
+            if total > 0:
+                r = (a + self.prior_sum[c]) / total
+                resp.append(r - nu[c] if nu is not None else r)
+            else:
+                resp.append(None)  # not seen: its constraints sit out this step
+        lam = list(self.lam)
+        if fi._residual:
+            prior_labels = self.vals[fi._layout.slices["prior_label_sum"]]
+            for s, r in enumerate(resp):
+                if r is None:
+                    continue
+                ybar = (self.labels[s] + prior_labels[s]) / (self.count[s] + self.prior_count[s])
+                d = r - ybar
+                lam[2 * s] = max(0.0, lam[2 * s] + eta * (d - eps))
+                lam[2 * s + 1] = max(0.0, lam[2 * s + 1] + eta * (-d - eps))
+        else:
+            S, P = fi.num_groups, len(fi._pairs)
+            for k in range(fi.num_classes):
+                for p, (g, h) in enumerate(fi._pairs):
+                    rg, rh = resp[k * S + g], resp[k * S + h]
+                    if rg is not None and rh is not None:
+                        i = k * P + p
+                        lam[i] = max(0.0, lam[i] + eta * (rg - rh - eps))
+        self.lam = lam
+        self.steps = t
+
+    # ---------------------------------------------------------------- statistics
+    def served(self, out_b: list[float], sq_adj: float, gap: float | None) -> None:
+        """The served batch: per-cell sums, squared adjustment, its gap (None: undefined)."""
+        self.out = [a + b for a, b in zip(self.out, out_b)]
+        self.sq_adj = sq_adj
+        self.gap = gap
+
+    def finish(self, N: int) -> None:
+        fi = self.fi
+        sl = fi._layout.slices
+        v = self.vals
+        v[sl["count"]] = self.count
+        v[sl["raw_sum"]] = self.raw
+        v[sl["out_sum"]] = self.out
+        v[sl["multipliers"]] = self.lam
+        if fi._residual:
+            v[sl["label_sum"]] = self.labels
+        i = sl["dual_steps"].start
+        v[i] = self.steps
+        lam_max = sl["lambda_max"].start
+        v[lam_max] = max([v[lam_max], *self.lam])
+        v[sl["squared_adjustment"].start] += self.sq_adj
+        v[sl["cumulative_samples"].start] += N
+        v[sl["num_batches"].start] += 1
+        if self.gap is not None:
+            v[sl["weighted_gap_sum"].start] += N * self.gap
+            v[sl["weighted_gap_samples"].start] += N
+            v[sl["cumulative_weighted_violation"].start] += N * (self.gap - fi.fairness_tolerance)
+
+    def commit(self) -> None:
+        v = self.vals
+        if not math.isfinite(sum(v)) and not all(map(math.isfinite, v)):
+            raise ValueError("scores: the running sums would overflow float64 (scores or their "
+                             "adjustments are too large); nothing was changed")
+        self.fi._write_flat(v)
+
+
+# ------------------------------------------------------------ mean-type metrics
+def _serve_means(fi: FairInference, st: _HostState, zd: Tensor, key: Tensor,
+                 n_b: list[float], sum_b: list[float], large: bool) -> Tensor:
+    C, S = fi.num_classes, fi.num_groups
+    CS = C * S
+    st.dual_step(st.raw, subtract_offsets=True)
+    # Small batches are served from the offset scores; large ones from the raw scores.
+    base = [0.0] * CS if large else [-x for x in st.offsets(st.lam)]
+    mean_b = [(s / n + b) if n else 0.0 for s, n, b in zip(sum_b, n_b, base)]
+    use_a = (large or fi.per_batch) and not fi._residual
+    use_b = fi.pooled == "hard"
+    if fi._residual:
+        lower, upper = _residual_intervals(fi, st, n_b, sum_b, large, use_b)
+        d = [min(max(m, lo), hi) - m if n else 0.0
+             for m, lo, hi, n in zip(mean_b, lower, upper, n_b)]
+    else:
+        d = _mean_shifts(fi, st, n_b, mean_b, use_a, use_b)
+    shift = [b + x for b, x in zip(base, d)]
+    N = zd.shape[0]
+    bounds = fi.prediction_bounds
+    if N == 1:
+        q = zd + shift[int(key)]
+        if bounds is not None:
+            q = q.clamp(*bounds)  # one row: its interval already lies in the box
+    else:
+        q = zd + torch.tensor(shift, dtype=_F64, device=zd.device).index_select(0, key)
+    if bounds is not None and N > 1:
+        lo, hi = torch.aminmax(q)
+        if float(lo) < bounds[0] or float(hi) > bounds[1]:
+            q = _means_boxed(fi, st, zd, key, base, n_b, sum_b, large, use_a, use_b)
+            _served_rows(fi, st, q, zd, key, n_b)
+            return q
+    out_b = [s + n * x for s, n, x in zip(sum_b, n_b, shift)]
+    if N == 1:
+        sq = float((q - zd) ** 2)
+        if bounds is not None:
+            c = int(key)
+            out_b[c] = sum_b[c] + (float(q) - float(zd))
+    else:
+        sq = sum(n * x * x for n, x in zip(n_b, shift))
+    means = [m + x for m, x in zip(mean_b, d)]
+    target = None
+    if fi._residual:
+        target = [lab / n if n else 0.0 for lab, n in
+                  zip(_batch_labels(fi, st), n_b)]
+    st.served(out_b, sq, _batch_gap(fi, means, n_b, target) if N > 1 else None)
+    return q
+
+
+def _batch_labels(fi: FairInference, st: _HostState) -> list[float]:
+    old = st.vals[fi._layout.slices["label_sum"]]
+    return [a - b for a, b in zip(st.labels, old)]
+
+
+def _mean_shifts(fi: FairInference, st: _HostState, n_b: list[float], mean_b: list[float],
+                 use_a: bool, use_b: bool) -> list[float]:
+    """Cell shifts of the projection onto the batch band (A) and the pooled band (B)."""
+    C, S = fi.num_classes, fi.num_groups
+    eps = fi._eps_target
+    d = [0.0] * (C * S)
+    rest = []
+    for k in range(C):
+        cells = range(k * S, (k + 1) * S)
+        present = [c for c in cells if n_b[c] > 0]
+        if not present:
+            continue
+        seen = [c for c in cells if st.count[c] > 0]
+        pooled = {c: (st.out[c] + n_b[c] * mean_b[c]) / st.count[c] for c in seen}
+        fixed = [pooled[c] for c in seen if n_b[c] == 0]
+        eps_b = max(eps, max(fixed) - min(fixed)) if len(fixed) >= 2 else eps
+        a_on = use_a and len(present) >= 2
+        b_on = use_b and len(seen) >= 2
+        if not a_on and not b_on:
+            continue
+        if len(present) == 1:  # only (B): the cell's pooled mean into the others' interval
+            c = present[0]
+            others = [pooled[x] for x in seen if x != c]
+            lo, hi = max(others) - eps_b, min(others) + eps_b
+            if lo > hi:
+                lo = hi = 0.5 * (lo + hi)
+            p = min(max(pooled[c], lo), hi)
+            d[c] = (p - pooled[c]) * st.count[c] / n_b[c]
+        elif S == 2:
+            d[k * S], d[k * S + 1] = _pair(fi, st, k, n_b, mean_b, pooled, a_on, b_on, eps_b)
+        else:
+            rest.append(k)
+    if rest:
+        _many_groups(fi, st, rest, n_b, mean_b, use_a, use_b, d)
+    return d
+
+
+def _pair(fi: FairInference, st: _HostState, k: int, n_b: list[float], mean_b: list[float],
+          pooled: dict[int, float], a_on: bool, b_on: bool, eps_b: float
+          ) -> tuple[float, float]:
+    r"""Two groups, both in the batch: :math:`\min n_0 d_0^2 + n_1 d_1^2` over the slabs
+    (A) :math:`|\hat m_1 + d_1 - \hat m_0 - d_0| \le \varepsilon` and (B)
+    :math:`|\hat P_1 + s_1 d_1 - \hat P_0 - s_0 d_0| \le \varepsilon_B`. The optimum has at
+    most two active constraints: it is the origin, the projection onto a violated slab's
+    nearer line when that satisfies the other slab, or the cheapest feasible corner."""
+    c0, c1 = 2 * k, 2 * k + 1
+    w0, w1 = n_b[c0], n_b[c1]
+    eps = fi._eps_target
+    slabs = []  # (a0, a1, value at d = 0, half-width): |a . d + value| <= width
+    if a_on:
+        slabs.append((-1.0, 1.0, mean_b[c1] - mean_b[c0], eps))
+    if b_on:
+        s0, s1 = n_b[c0] / st.count[c0], n_b[c1] / st.count[c1]
+        slabs.append((-s0, s1, pooled[c1] - pooled[c0], eps_b))
+
+    def ok(d0: float, d1: float) -> bool:
+        return all(abs(a0 * d0 + a1 * d1 + v) <= w + _TOL * (1.0 + abs(v))
+                   for a0, a1, v, w in slabs)
+
+    if ok(0.0, 0.0):
+        return 0.0, 0.0
+    best, best_cost = None, math.inf
+    for a0, a1, v, w in slabs:
+        if abs(v) <= w:
+            continue
+        r = math.copysign(w, v) - v  # onto the nearer line: a . d = r
+        den = a0 * a0 / w0 + a1 * a1 / w1
+        d0, d1 = r * a0 / w0 / den, r * a1 / w1 / den
+        cost = w0 * d0 * d0 + w1 * d1 * d1
+        if cost < best_cost and ok(d0, d1):
+            best, best_cost = (d0, d1), cost
+    if best is None and len(slabs) == 2:
+        (a0, a1, v, w), (b0, b1, u, x) = slabs
+        det = a0 * b1 - a1 * b0
+        if det != 0.0:
+            for ra in (w - v, -w - v):
+                for rb in (x - u, -x - u):
+                    d0, d1 = (ra * b1 - rb * a1) / det, (a0 * rb - b0 * ra) / det
+                    cost = w0 * d0 * d0 + w1 * d1 * d1
+                    if cost < best_cost and ok(d0, d1):
+                        best, best_cost = (d0, d1), cost
+    if best is None:  # unreachable with a feasible pool: keep the pooled band alone
+        a0, a1, v, w = slabs[-1]
+        r = math.copysign(w, v) - v if abs(v) > w else 0.0
+        den = a0 * a0 / w0 + a1 * a1 / w1
+        best = (r * a0 / w0 / den, r * a1 / w1 / den)
+    return best
+
+
+def _many_groups(fi: FairInference, st: _HostState, classes: list[int], n_b: list[float],
+                 mean_b: list[float], use_a: bool, use_b: bool, d: list[float]) -> None:
+    """Three or more groups: the cell-level solver of :mod:`.._projection.streaming`."""
+    C, S = fi.num_classes, fi.num_groups
+    nb = np.array(n_b).reshape(C, S)
+    cnt = np.array(st.count).reshape(C, S)
+    mb = np.array(mean_b).reshape(C, S)
+    seen = cnt > 0
+    safe = np.where(seen, cnt, 1.0)
+    pooled = (np.array(st.out).reshape(C, S) + nb * mb) / safe
+    shifts, _ = cell_shifts(mb, nb, pooled, nb / safe, seen, use_a, use_b,
+                            fi._eps_target, fi.dykstra_iters)
+    for k in classes:
+        d[k * S:(k + 1) * S] = shifts[k].tolist()
+
+
+def _residual_intervals(fi: FairInference, st: _HostState, n_b: list[float],
+                        sum_b: list[float], large: bool, use_b: bool
+                        ) -> tuple[list[float], list[float]]:
+    """Per cell, the interval of batch means allowed: the pooled residual's (when hard) and,
+    for a large batch, its own residual's; the pooled one wins where they do not meet."""
+    eps = fi._eps_target
+    batch_labels = _batch_labels(fi, st)
+    lower, upper = [], []
+    for c, n in enumerate(n_b):
+        lo, hi = -math.inf, math.inf
+        if n and large:
+            ybar = batch_labels[c] / n
+            lo, hi = ybar - eps, ybar + eps
+        if n and use_b:
+            T = st.count[c]
+            ybar = st.labels[c] / T
+            plo = ((ybar - eps) * T - st.out[c]) / n
+            phi = ((ybar + eps) * T - st.out[c]) / n
+            if plo > hi:
+                lo = hi = plo
+            elif phi < lo:
+                lo = hi = phi
+            else:
+                lo, hi = max(lo, plo), min(hi, phi)
+        lower.append(lo)
+        upper.append(hi)
+    return lower, upper
+
+
+def _batch_gap(fi: FairInference, values: list[float], n_b: list[float],
+               target: list[float] | None) -> float | None:
+    """The batch's gap (largest over classes; None when no class defines one)."""
+    C, S = fi.num_classes, fi.num_groups
+    gap = None
+    for k in range(C):
+        cells = [c for c in range(k * S, (k + 1) * S) if n_b[c] > 0]
+        if target is not None:
+            if cells:
+                g = max(abs(values[c] - target[c]) for c in cells)
+                gap = g if gap is None else max(gap, g)
+        elif len(cells) >= 2:
+            vs = [values[c] for c in cells]
+            g = max(vs) - min(vs)
+            gap = g if gap is None else max(gap, g)
+    return gap
+
+
+# ------------------------------------------------------------- with active bounds
+def _prior(fi: FairInference, st: _HostState, zd: Tensor) -> tuple[Tensor, Tensor]:
+    C, S = fi.num_classes, fi.num_groups
+    o = torch.tensor(st.out, dtype=_F64, device=zd.device).view(C, S)
+    n = torch.tensor(st.count_old, dtype=_F64, device=zd.device).view(C, S)
+    return o, n
+
+
+def _means_boxed(fi: FairInference, st: _HostState, zd: Tensor, key: Tensor, base: list[float],
+                 n_b: list[float], sum_b: list[float], large: bool, use_a: bool, use_b: bool
+                 ) -> Tensor:
+    """The projection with the bounds inside, row by row (:mod:`.._projection.pooled`)."""
+    C, S = fi.num_classes, fi.num_groups
+    bounds = fi.prediction_bounds
+    x = zd + torch.tensor(base, dtype=_F64, device=zd.device).index_select(0, key)
+    if fi._residual:
+        lower, upper = _residual_intervals(fi, st, n_b, sum_b, large, use_b)
+        lo, hi = bounds  # type: ignore[misc]
+        n = torch.tensor(n_b, dtype=_F64, device=zd.device).view(C, S)
+        lw = torch.tensor(lower, dtype=_F64, device=zd.device).clamp(lo, hi)
+        up = torch.tensor(upper, dtype=_F64, device=zd.device).clamp(lo, hi)
+        delta, _ = _fixed_boxed(x, key, n, C, S, lw, up, lo, hi)
+        return (x + delta.reshape(-1).index_select(0, key)).clamp(lo, hi)
+    o, cnt = _prior(fi, st, zd)
+    q, _ = joint_boxed(x, key, C, S, fi._eps_target, bounds, o, cnt, use_a, use_b,
+                       fi.dykstra_iters)
+    return q
+
+
+def _served_rows(fi: FairInference, st: _HostState, q: Tensor, zd: Tensor, key: Tensor,
+                 n_b: list[float]) -> None:
+    """Statistics of rows computed row by row (bounds active)."""
+    CS = fi.num_classes * fi.num_groups
+    out_b = torch.bincount(key, weights=q, minlength=CS).tolist()
+    diff = q - zd
+    sq = float(torch.dot(diff, diff))
+    means = [s / n if n else 0.0 for s, n in zip(out_b, n_b)]
+    target = None
+    if fi._residual:
+        target = [lab / n if n else 0.0 for lab, n in zip(_batch_labels(fi, st), n_b)]
+    st.served(out_b, sq, _batch_gap(fi, means, n_b, target) if q.shape[0] > 1 else None)
+
+
+# ------------------------------------------------------------------- decisions
+def _serve_decisions(fi: FairInference, st: _HostState, zd: Tensor, key: Tensor,
+                     n_b: list[float], large: bool) -> Tensor:
+    C, S = fi.num_classes, fi.num_groups
+    CS = C * S
+    t = fi.threshold
+    sl = fi._layout.slices
+    dev = zd.device
+    # The dual learns from the decisions its own offsets produce: this batch's response to
+    # the offsets as they stand comes first.
+    nu = st.offsets(st.lam)
+    shifted = zd - torch.tensor(nu, dtype=_F64, device=dev).index_select(0, key)
+    resp_b = torch.bincount(key, weights=(shifted >= t).to(_F64), minlength=CS).tolist()
+    resp = [a + b for a, b in zip(st.vals[sl["response_positive_sum"]], resp_b)]
+    st.dual_step(resp, subtract_offsets=False)
+    prior_count = torch.tensor(st.count_old, dtype=_F64, device=dev).view(C, S)
+    prior_pos = torch.tensor(st.vals[sl["positive_sum"]], dtype=_F64, device=dev).view(C, S)
+    eps, bounds = fi.fairness_tolerance, fi.prediction_bounds
+    x = zd if large else shifted
+    if fi.pooled == "hard":
+        solve = decision_joint_project if large else decision_band_project
+        q = solve(x, key, C, S, eps, t, prior_count, prior_pos, bounds)
+    elif large:
+        q = decision_band_project(x, key, C, S, eps, t, bounds=bounds)
+    else:
+        q = x if bounds is None else x.clamp(*bounds)
+    pos_b = torch.bincount(key, weights=(q >= t).to(_F64), minlength=CS).tolist()
+    positives = [a + b for a, b in zip(st.vals[sl["positive_sum"]], pos_b)]
+    st.vals[sl["positive_sum"]] = positives
+    st.vals[sl["response_positive_sum"]] = resp
+    out_b = torch.bincount(key, weights=q, minlength=CS).tolist()
+    diff = q - zd
+    rates = [p / n if n else 0.0 for p, n in zip(pos_b, n_b)]
+    gap = _batch_gap(fi, rates, n_b, None) if q.shape[0] > 1 else None
+    st.served(out_b, float(torch.dot(diff, diff)), gap)
+    return q
+

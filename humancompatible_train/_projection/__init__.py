@@ -20,8 +20,8 @@ Private: the public entry points are the classes above.
 from .decisions import decision_band_project, decision_joint_project
 from .pooled import joint_boxed, pooled_band_boxed
 from .solver import project_cells, project_groups
-from .streaming import band_shifts, cell_shifts, pair_shifts, two_slab_qp
+from .streaming import band_shifts, cell_shifts, pair_qp, pooled_tolerance
 
 __all__ = ["band_shifts", "cell_shifts", "decision_band_project", "decision_joint_project",
-           "joint_boxed", "pair_shifts", "pooled_band_boxed", "project_cells",
-           "project_groups", "two_slab_qp"]
+           "joint_boxed", "pair_qp", "pooled_band_boxed", "pooled_tolerance", "project_cells",
+           "project_groups"]

@@ -322,7 +322,8 @@ def _joint_counts(fl: _Flips, eps: float, count: Tensor, pos_prior: Tensor
             hi_b = torch.where(defined, hi_b, n[c])
             lo = torch.maximum(torch.maximum(lo_a, lo_b), torch.zeros_like(lo_a))
             hi = torch.minimum(torch.minimum(hi_a, hi_b), n[c])
-            k = torch.maximum(lo, torch.minimum(k0[c], hi))  # (Ja, Jb, S)
+            # (Ja, Jb, S); kept within 0..n where the pair is infeasible (masked below).
+            k = torch.minimum(torch.maximum(lo, torch.minimum(k0[c], hi)), n[c])
             cost = fl.cost_of(cells.expand_as(k), k).sum(-1)
             cost = torch.where((lo <= hi).all(-1), cost, math.inf)
             j = int(cost.argmin())

@@ -40,15 +40,20 @@ the unconstrained point (the clipped rows), the projection onto (A) alone
 and otherwise a vertex where both bands bind: one of four intersections of their lines,
 each a 2 x 2 linear system, of which the cheapest inside the box wins.
 
-**Three or more groups.** When neither single projection satisfies the other band,
-Dykstra's alternating projections (Boyle & Dykstra, 1986) between the two exact ones, ending
-on (B): the pooled band and the bounds hold exactly, the batch band to the accuracy of the
-rounds.
+**Three or more groups** (:func:`_both_bands`). When neither single projection satisfies
+the other band, the cost :math:`G(b) = \min_a g(a, b)` is convex in the pooled band's
+position :math:`b`; a golden-section search over the interval of :math:`b` for which some
+batch band fits runs with the batch band solved exactly for each :math:`b` (each cell's
+target also held in the interval that keeps its pooled mean in the pooled band). Every
+point evaluated is feasible, so both bands and the bounds hold exactly; the cost is
+optimal to the resolution of the search.
 
 All arithmetic is float64 on the rows' device; nothing is differentiated here (serving).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -128,33 +133,51 @@ def pooled_band_boxed(x: Tensor, cell: Tensor, K: int, S: int, eps: float,
     lo, hi = bounds
     n = torch.bincount(cell, minlength=K * S).to(_F64).view(K, S)
     maps = _CellMaps(x, cell, n, lo, hi)
-    delta, eps_k, _ = _pooled(maps, n, K, S, eps, prior_sum, prior_count)
+    T, _, present, eps_k, b_min, b_max = _pool(n, prior_sum, prior_count, lo, hi,
+                                               maps.m0.view(K, S), eps)
+    _, delta = _band_solve(maps, n, prior_sum, T, present, eps_k, b_min, b_max)
     return delta, eps_k
 
 
-def _pooled(maps: _CellMaps, n: Tensor, K: int, S: int, eps: float, prior_sum: Tensor,
-            prior_count: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    lo, hi = maps.lo, maps.hi
-    m0 = maps.m0.view(K, S)
-    T, p0, present, eps_k, b_min, b_max = _pool(n, prior_sum, prior_count, lo, hi, m0, eps)
+def _band_solve(maps: _CellMaps, n: Tensor, o: Tensor, T: Tensor, present: Tensor,
+                eps_k: Tensor, b_min: Tensor, b_max: Tensor, jlo: Tensor | None = None,
+                jhi: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    r"""One band on :math:`P_c = (o_c + n_c M_c(\delta_c)) / T_c` over the present cells,
+    band positions in ``[b_min, b_max]`` (K,), width ``eps_k`` (K,); optionally each cell's
+    target also clamped into ``[jlo, jhi]`` (K, S) (another constraint's interval, whose
+    multipliers then take the cell's force). Returns the band position (K,) and the shifts
+    (K, S): the root of the non-decreasing, piecewise-linear force
+    :math:`\Phi(b) = \sum_c T_c \delta_c(b)` over the cells bound by the band."""
+    K, S = n.shape
     safe_n = n.clamp(min=1)
+    safe_t = torch.where(present, T, 1.0)
+    p0 = (o + n * maps.m0.view(K, S)) / safe_t
+    e = eps_k.unsqueeze(-1)
 
     def forces(b: Tensor) -> tuple[Tensor, Tensor]:
         """Phi at band positions ``b`` (K, Q), and the shifts (K, S, Q)."""
-        target = torch.minimum(torch.maximum(p0.unsqueeze(-1), b.unsqueeze(1)),
-                               (b + eps_k.unsqueeze(-1)).unsqueeze(1))
-        mean = (target * T.unsqueeze(-1) - prior_sum.unsqueeze(-1)) / safe_n.unsqueeze(-1)
+        band = torch.minimum(torch.maximum(p0.unsqueeze(-1), b.unsqueeze(1)),
+                             (b + e).unsqueeze(1))
+        target = band if jlo is None else torch.minimum(
+            torch.maximum(band, jlo.unsqueeze(-1)), jhi.unsqueeze(-1))  # type: ignore[union-attr]
+        mean = (target * T.unsqueeze(-1) - o.unsqueeze(-1)) / safe_n.unsqueeze(-1)
         d = maps.shift(mean.reshape(K * S, -1)).view(K, S, -1)
         moved = present.unsqueeze(-1) & (target != p0.unsqueeze(-1))
         d = torch.where(moved, d, 0.0)
-        return (T.unsqueeze(-1) * d).sum(1), d
+        by_band = moved & (target == band)
+        return (T.unsqueeze(-1) * torch.where(by_band, d, 0.0)).sum(1), d
 
-    # Kinks of Phi: every vertex of every present cell of the class, on both branches.
-    pv = (prior_sum.reshape(-1, 1) + n.reshape(-1, 1) * maps.V) / T.reshape(-1, 1).clamp(min=1)
+    # Kinks of Phi: every vertex of every present cell, on both branches (and the ends of
+    # the clamps, where a cell's force changes hands).
+    pv = (o.reshape(-1, 1) + n.reshape(-1, 1) * maps.V) / safe_t.reshape(-1, 1)
     pv = torch.where(present.reshape(-1, 1), pv, b_min.repeat_interleave(S).unsqueeze(1))
     pv = pv.view(K, -1)
-    cand = torch.cat([pv, pv - eps_k.unsqueeze(1), b_min.unsqueeze(1), b_max.unsqueeze(1)], 1)
-    cand = torch.minimum(torch.maximum(cand, b_min.unsqueeze(1)), b_max.unsqueeze(1))
+    parts = [pv, pv - e, b_min.unsqueeze(1), b_max.unsqueeze(1)]
+    if jlo is not None:
+        parts += [torch.where(present, jlo, b_min.unsqueeze(1)),
+                  torch.where(present, jhi - e, b_min.unsqueeze(1))]  # type: ignore[operator]
+    cand = torch.minimum(torch.maximum(torch.cat(parts, 1), b_min.unsqueeze(1)),
+                         b_max.unsqueeze(1))
     cand = cand.sort(1).values
     phi, _ = forces(cand)
     Q = cand.shape[1]
@@ -170,7 +193,15 @@ def _pooled(maps: _CellMaps, n: Tensor, K: int, S: int, eps: float, prior_sum: T
     b = torch.minimum(torch.maximum(root, b0[:, 0]), b1[:, 0])
     b = torch.where(j[:, 0] == 0, cand[:, 0], torch.where(j[:, 0] == Q, cand[:, -1], b))
     _, d = forces(b.unsqueeze(1))
-    return d[..., 0], eps_k, T
+    return b, d[..., 0]
+
+
+def _tolerance(maps: _CellMaps, o: Tensor, T: Tensor, present: Tensor, seen: Tensor) -> float:
+    """Rounding tolerance of a feasibility test, relative to the size of the means."""
+    K, S = o.shape
+    pooled = torch.where(seen, o / torch.where(seen, T, 1.0), 0.0)
+    m0 = torch.where(present, maps.m0.view(K, S), 0.0)
+    return 1e-12 * (1.0 + float(torch.maximum(pooled.abs().max(), m0.abs().max())))
 
 
 def _means(x: Tensor, cell: Tensor, n: Tensor, delta: Tensor, bounds: tuple[float, float]
@@ -191,7 +222,7 @@ def _gap(values: Tensor, mask: Tensor) -> Tensor:
 
 def joint_boxed(x: Tensor, cell: Tensor, K: int, S: int, eps: float,
                 bounds: tuple[float, float], prior_sum: Tensor, prior_count: Tensor,
-                use_a: bool, use_b: bool, iters: int) -> tuple[Tensor, Tensor]:
+                use_a: bool, use_b: bool) -> tuple[Tensor, Tensor]:
     """Projection of the rows onto (A) (when ``use_a``), (B) (when ``use_b``) and the bounds.
 
     Arguments as in :func:`pooled_band_boxed`. Returns ``(q, eps_k)``: the rows (N,) and the
@@ -200,55 +231,39 @@ def joint_boxed(x: Tensor, cell: Tensor, K: int, S: int, eps: float,
     lo, hi = bounds
     n = torch.bincount(cell, minlength=K * S).to(_F64).view(K, S)
     present = n > 0
-    eps_a = torch.full((K,), eps, dtype=_F64, device=x.device)
     if not use_b:
-        sol = project_cells(x, cell, K, S, eps, bounds) if use_a else None
-        q = sol.q if sol is not None else x.clamp(lo, hi)
-        return q, eps_a
+        q = project_cells(x, cell, K, S, eps, bounds).q if use_a else x.clamp(lo, hi)
+        return q, torch.full((K,), eps, dtype=_F64, device=x.device)
     maps = _CellMaps(x, cell, n, lo, hi)
-    d_b, eps_k, T = _pooled(maps, n, K, S, eps, prior_sum, prior_count)
+    T, _, present, eps_k, b_min, b_max = _pool(n, prior_sum, prior_count, lo, hi,
+                                               maps.m0.view(K, S), eps)
+    _, d_b = _band_solve(maps, n, prior_sum, T, present, eps_k, b_min, b_max)
     multi = present & (present.sum(-1, keepdim=True) >= 2)
     if not use_a or not bool(multi.any()):
         return _rows(x, cell, d_b, bounds), eps_k
     seen = present | (prior_count > 0)
-    tol = 1e-9 * (1.0 + max(abs(lo), abs(hi)))
+    tol = _tolerance(maps, prior_sum, T, present, seen)
 
     def pooled_means(m: Tensor) -> Tensor:
         return torch.where(present, (prior_sum + n * m) / T.clamp(min=1),
                            prior_sum / prior_count.clamp(min=1))
 
-    def feasible(m: Tensor) -> Tensor:
-        return (_gap(m, multi) <= eps + tol) & (_gap(pooled_means(m), seen) <= eps_k + tol)
-
-    m_b, cost_b = _means(x, cell, n, d_b, bounds)
-    m_0, cost_0 = _means(x, cell, n, torch.zeros_like(d_b), bounds)
+    m_b, _ = _means(x, cell, n, d_b, bounds)
+    m_0, _ = _means(x, cell, n, torch.zeros_like(d_b), bounds)
     d_a = project_cells(x, cell, K, S, eps, bounds).shifts.to(_F64)
-    m_a, cost_a = _means(x, cell, n, d_a, bounds)
+    m_a, _ = _means(x, cell, n, d_a, bounds)
     zero = torch.zeros_like(d_b)
     # Per class, in order of preference: the unconstrained rows, (A) alone, (B) alone.
-    ok_0, ok_a, ok_b = feasible(m_0), feasible(m_a), _gap(m_b, multi) <= eps + tol
-    choice = torch.where(ok_0.unsqueeze(1), zero,
-                         torch.where(ok_a.unsqueeze(1), d_a, d_b)).clone()
+    ok_0 = (_gap(m_0, multi) <= eps + tol) & (_gap(pooled_means(m_0), seen) <= eps_k + tol)
+    ok_a = _gap(pooled_means(m_a), seen) <= eps_k + tol
+    ok_b = _gap(m_b, multi) <= eps + tol
+    choice = torch.where(ok_0.unsqueeze(1), zero, torch.where(ok_a.unsqueeze(1), d_a, d_b))
     done = ok_0 | ok_a | ok_b
-    if bool(done.all()):
-        return _rows(x, cell, choice, bounds), eps_k
-    if S == 2:
-        d_v, ok_v = _vertex(maps, x, cell, n, T, prior_sum, eps, eps_k, bounds)
-        choice = torch.where((~done & ok_v).unsqueeze(1), d_v, choice)
-        return _rows(x, cell, choice, bounds), eps_k
-    # Three or more groups: Dykstra between the two exact projections, ending on (B).
-    y = x
-    inc_a = torch.zeros_like(x)
-    inc_b = torch.zeros_like(x)
-    for _ in range(iters):
-        u = project_cells(y + inc_a, cell, K, S, eps, bounds).q
-        inc_a = y + inc_a - u
-        v, _ = pooled_band_boxed(u + inc_b, cell, K, S, eps, bounds, prior_sum, prior_count)
-        y_new = _rows(u + inc_b, cell, v, bounds)
-        inc_b = u + inc_b - y_new
-        y = y_new
-    keep = done.repeat_interleave(S).index_select(0, cell)
-    return torch.where(keep, _rows(x, cell, choice, bounds), y), eps_k
+    if not bool(done.all()):
+        both, ok_v = (_vertex if S == 2 else _both_bands)(
+            maps, x, cell, n, T, prior_sum, present, eps, eps_k, b_min, b_max, bounds)
+        choice = torch.where((~done & ok_v).unsqueeze(1), both, choice)
+    return _rows(x, cell, choice, bounds), eps_k
 
 
 def _rows(x: Tensor, cell: Tensor, delta: Tensor, bounds: tuple[float, float]) -> Tensor:
@@ -256,8 +271,8 @@ def _rows(x: Tensor, cell: Tensor, delta: Tensor, bounds: tuple[float, float]) -
 
 
 def _vertex(maps: _CellMaps, x: Tensor, cell: Tensor, n: Tensor, T: Tensor,
-            prior_sum: Tensor, eps: float, eps_k: Tensor, bounds: tuple[float, float]
-            ) -> tuple[Tensor, Tensor]:
+            prior_sum: Tensor, present: Tensor, eps: float, eps_k: Tensor, b_min: Tensor,
+            b_max: Tensor, bounds: tuple[float, float]) -> tuple[Tensor, Tensor]:
     """Two groups: the cheapest of the four points where both bands bind, inside the box.
     Returns the shifts (K, 2) and whether one exists per class (K,)."""
     lo, hi = bounds
@@ -283,3 +298,75 @@ def _vertex(maps: _CellMaps, x: Tensor, cell: Tensor, n: Tensor, T: Tensor,
     best = cost.argmin(1)
     d_best = d.gather(2, best.view(K, 1, 1).expand(K, 2, 1))[..., 0]
     return d_best, torch.isfinite(cost.min(1).values)
+
+
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+_ROUNDS = 80  # the bracket shrinks by 0.618 per round: below 1e-16 of its width
+
+
+def _both_bands(maps: _CellMaps, x: Tensor, cell: Tensor, n: Tensor, T: Tensor,
+                o: Tensor, present: Tensor, eps: float, eps_k: Tensor, b_min: Tensor,
+                b_max: Tensor, bounds: tuple[float, float]) -> tuple[Tensor, Tensor]:
+    r"""Three or more groups, both bands binding: the pooled band's position :math:`b` by a
+    golden-section search of the convex cost :math:`G(b) = \min_a g(a, b)`, the batch band's
+    :math:`a` exactly for each :math:`b` (:func:`_band_solve` with every cell's target also
+    inside the interval that keeps its pooled mean in :math:`[b, b + \varepsilon_B]`). Every
+    candidate is feasible, so both bands hold exactly; the cost is optimal to the search's
+    resolution. Returns the shifts (K, S) and whether the bands are jointly reachable (K,)."""
+    lo, hi = bounds
+    K, S = n.shape
+    safe_n = n.clamp(min=1)
+    # Band positions b for which some a fits every present cell (linear in b, pairwise).
+    u = torch.where(present, T / safe_n, 0.0)  # 1 / (n / T)
+    v = torch.where(present, o / safe_n, 0.0)
+    pair = present.unsqueeze(2) & present.unsqueeze(1)
+    du = u.unsqueeze(2) - u.unsqueeze(1)
+    rhs = v.unsqueeze(2) - v.unsqueeze(1) + eps_k.view(K, 1, 1) * u.unsqueeze(1) + eps
+    upper = torch.where(pair & (du > 0), rhs / torch.where(du > 0, du, 1.0), torch.inf)
+    lower = torch.where(pair & (du < 0), rhs / torch.where(du < 0, du, -1.0), -torch.inf)
+    # Rounding: an exact-fit band (eps = 0) leaves an interval of one point.
+    tol = _tolerance(maps, o, T, present, present)
+    bad = (pair & (du == 0) & (rhs < -tol)).flatten(1).any(1)
+    top = torch.where(present, (o + n * (hi + eps)) / torch.where(present, T, 1.0), torch.inf)
+    bottom = torch.where(present, (o + n * (lo - eps)) / torch.where(present, T, 1.0)
+                         - eps_k.unsqueeze(1), -torch.inf)
+    b_lo = torch.maximum(torch.maximum(lower.flatten(1).amax(1), bottom.amax(1)), b_min)
+    b_hi = torch.minimum(torch.minimum(upper.flatten(1).amin(1), top.amin(1)), b_max)
+    ok = ~bad & (b_lo <= b_hi + tol)
+    mid = 0.5 * (b_lo + b_hi)
+    b_lo, b_hi = torch.minimum(b_lo, mid), torch.maximum(b_hi, mid)
+    zeros = torch.zeros_like(o)
+
+    def solve(b: Tensor) -> tuple[Tensor, Tensor]:
+        tt = torch.where(present, T, 1.0)
+        jlo = ((b.unsqueeze(1) * tt - o) / safe_n).clamp(lo, hi)
+        jhi = (((b + eps_k).unsqueeze(1) * tt - o) / safe_n).clamp(lo, hi)
+        a_min = torch.where(present, jlo, -torch.inf).amax(1) - eps
+        a_max = torch.where(present, jhi, torch.inf).amin(1)
+        a_max = torch.maximum(a_max, a_min)
+        epsa = torch.full_like(b, eps)
+        _, d = _band_solve(maps, n, zeros, n, present, epsa, a_min, a_max, jlo, jhi)
+        _, cost = _means(x, cell, n, d, bounds)
+        return d, cost
+
+    left, right = b_lo.clone(), b_hi.clone()
+    p1 = right - _GOLDEN * (right - left)
+    p2 = left + _GOLDEN * (right - left)
+    d1, c1 = solve(p1)
+    d2, c2 = solve(p2)
+    for _ in range(_ROUNDS):
+        move = c1 > c2  # the minimum lies right of p1
+        left = torch.where(move, p1, left)
+        right = torch.where(move, right, p2)
+        keep_d = torch.where(move.unsqueeze(1), d2, d1)
+        keep_c = torch.where(move, c2, c1)
+        p_new = torch.where(move, left + _GOLDEN * (right - left),
+                            right - _GOLDEN * (right - left))
+        d_new, c_new = solve(p_new)
+        d1 = torch.where(move.unsqueeze(1), keep_d, d_new)
+        c1 = torch.where(move, keep_c, c_new)
+        d2 = torch.where(move.unsqueeze(1), d_new, keep_d)
+        c2 = torch.where(move, c_new, keep_c)
+        p1, p2 = torch.where(move, p2, p_new), torch.where(move, p_new, p1)
+    best = torch.where((c1 <= c2).unsqueeze(1), d1, d2)
+    return best, ok

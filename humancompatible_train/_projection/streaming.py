@@ -18,15 +18,11 @@ unchanged) and :math:`s_c = n_c / T_c` the batch's share of the cell's pool. (A)
 cells present in the batch (when two or more are), (B) every cell served so far; a cell
 absent from the batch has :math:`s_c = 0`, a fixed pooled mean.
 
-* Two groups (:func:`pair_shifts`): a two-variable QP, solved exactly in closed form. By the
-  KKT conditions at most two constraints are active at the optimum, so it is the cheapest
-  feasible point among the origin, the projection onto each constraint's line and the
-  intersection of each pair of lines.
+* Two groups (:func:`pair_qp`): a two-variable QP, solved exactly in closed form in Python
+  floats (a serving step must cost a few tensor operations; this costs none).
 * Three or more groups (:func:`cell_shifts`): (A) alone and (B) alone are weighted band
   projections, exact in closed form (the band solver of :mod:`.solver`); when neither alone
-  satisfies the other, Dykstra's alternating projections (Boyle & Dykstra, 1986) between
-  them, ending on (B): the pooled band holds exactly, the batch band to the accuracy of the
-  rounds.
+  satisfies the other, both bind, and the row-level solver of :mod:`.pooled` takes over.
 
 Rows come back as :math:`q_i = z_i + d_{c(i)}`. With prediction bounds the caller checks
 whether the box is active and, if so, solves the bounded problem row by row
@@ -35,85 +31,82 @@ whether the box is active and, if so, solves the bounded problem row by row
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from .solver import _band_unboxed
 
-__all__ = ["band_shifts", "cell_shifts", "pair_shifts", "two_slab_qp"]
-
-_PIN = 1e12  # weight that pins a cell that cannot move (absent from the batch)
+__all__ = ["band_shifts", "cell_shifts", "pair_qp", "pooled_tolerance"]
 
 
-def two_slab_qp(w: np.ndarray, rows: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    r"""Exact :math:`\min_d \sum_g w_g d_g^2` s.t. ``rows @ d <= rhs`` for two variables.
+def pair_qp(w0: float, w1: float, slabs: list[tuple[float, float, float, float]],
+            tol: float = 1e-12) -> tuple[float, float]:
+    r"""Exact :math:`\min w_0 d_0^2 + w_1 d_1^2` s.t. :math:`|a_0 d_0 + a_1 d_1 + v| \le w`
+    for each slab ``(a0, a1, v, w)`` (at most two), in Python floats.
 
-    ``w``: (..., 2) positive weights; ``rows``: (..., R, 2); ``rhs``: (..., R) (``inf`` marks an
-    absent row). The optimum has at most two active constraints, so it is the cheapest
-    feasible point among the origin, the projection onto each row's line and the
-    intersection of each pair of lines; all are evaluated at once.
+    By the KKT conditions at most two constraints are active at the optimum: it is the
+    origin, the projection onto a violated slab's nearer line when that satisfies the other
+    slab, or the cheapest feasible intersection of two lines. When nothing is feasible (a
+    pool that cannot be brought back) the last slab alone is met.
     """
-    R = rows.shape[-2]
-    inv = 1.0 / w[..., None, :]
-    denom = (rows * rows * inv).sum(-1)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        on_line = (rhs / denom)[..., None] * inv * rows  # (..., R, 2)
-        j, k = np.triu_indices(R, 1)
-        a, c = rows[..., j, :], rows[..., k, :]
-        bj, bk = rhs[..., j], rhs[..., k]
-        det = a[..., 0] * c[..., 1] - a[..., 1] * c[..., 0]
-        # Parallel lines or an absent row give inf/nan: such corners are infeasible.
-        corner = np.stack([bj * c[..., 1] - bk * a[..., 1], a[..., 0] * bk - c[..., 0] * bj],
-                          -1) / det[..., None]
-        cand = np.concatenate([np.zeros_like(on_line[..., :1, :]), on_line, corner], -2)
-        slack = rhs[..., None, :] - np.einsum("...jd,...rd->...jr", cand, rows)
-    finite_rhs = np.isfinite(rhs)
-    tol = 1e-9 * (1.0 + np.where(finite_rhs, np.abs(rhs), 0.0))[..., None, :]
-    ok = (slack >= -tol) | (np.isnan(slack) & ~finite_rhs[..., None, :])
-    feasible = ok.all(-1) & np.isfinite(cand).all(-1)
-    cost = np.where(feasible, (w[..., None, :] * cand * cand).sum(-1), np.inf)
-    best = cost.argmin(-1)
-    out = np.take_along_axis(cand, best[..., None, None], -2)[..., 0, :]
-    return np.nan_to_num(out)
+
+    def ok(d0: float, d1: float) -> bool:
+        return all(abs(a0 * d0 + a1 * d1 + v) <= w + tol * (1.0 + abs(v))
+                   for a0, a1, v, w in slabs)
+
+    if ok(0.0, 0.0):
+        return 0.0, 0.0
+
+    def onto(a0: float, a1: float, r: float) -> tuple[float, float]:
+        den = a0 * a0 / w0 + a1 * a1 / w1
+        return r * a0 / w0 / den, r * a1 / w1 / den
+
+    best, best_cost = None, math.inf
+    for a0, a1, v, w in slabs:
+        if abs(v) > w:
+            d0, d1 = onto(a0, a1, math.copysign(w, v) - v)
+            cost = w0 * d0 * d0 + w1 * d1 * d1
+            if cost < best_cost and ok(d0, d1):
+                best, best_cost = (d0, d1), cost
+    if best is None and len(slabs) == 2:
+        (a0, a1, v, w), (b0, b1, u, x) = slabs
+        det = a0 * b1 - a1 * b0
+        if det != 0.0:
+            for ra in (w - v, -w - v):
+                for rb in (x - u, -x - u):
+                    d0, d1 = (ra * b1 - rb * a1) / det, (a0 * rb - b0 * ra) / det
+                    cost = w0 * d0 * d0 + w1 * d1 * d1
+                    if cost < best_cost and ok(d0, d1):
+                        best, best_cost = (d0, d1), cost
+    if best is None:
+        a0, a1, v, w = slabs[-1]
+        best = onto(a0, a1, math.copysign(w, v) - v if abs(v) > w else 0.0)
+    return best
 
 
-def pair_shifts(mean_b: np.ndarray, n_b: np.ndarray, pooled: np.ndarray, scale: np.ndarray,
-                use_a: np.ndarray, use_b: np.ndarray, eps_a: float, eps_b: np.ndarray
-                ) -> np.ndarray:
-    """(A) and (B) for two groups per class, exactly: the shifts ``d`` of shape (C, 2).
-
-    ``mean_b``: batch means (any finite value where a cell is absent); ``n_b``: batch
-    counts; ``pooled``: pooled means with this batch unchanged; ``scale``: ``n_b / T``;
-    ``use_a``/``use_b``: (C,) whether the class's batch / pooled band applies;
-    ``eps_b``: (C,) the pooled tolerance (at least ``eps_a``'s ε; wider where a pool is
-    already further apart than ε and cannot be brought back).
-    """
-    inf = np.inf
-    ga = mean_b[:, 1] - mean_b[:, 0]
-    gp = pooled[:, 1] - pooled[:, 0]
-    one = np.ones_like(ga)
-    s0, s1 = scale[:, 0], scale[:, 1]
-    rows = np.stack([np.stack([-one, one], -1), np.stack([one, -one], -1),
-                     np.stack([-s0, s1], -1), np.stack([s0, -s1], -1)], -2)
-    rhs = np.stack([np.where(use_a, eps_a - ga, inf), np.where(use_a, eps_a + ga, inf),
-                    np.where(use_b, eps_b - gp, inf), np.where(use_b, eps_b + gp, inf)], -1)
-    w = np.where(n_b > 0, n_b, 1.0)
-    return two_slab_qp(w, rows, rhs)
-
-
-def band_shifts(x: np.ndarray, w: np.ndarray, eps: float | np.ndarray, present: np.ndarray
-                ) -> np.ndarray:
+def band_shifts(x: np.ndarray, w: np.ndarray, eps: float | np.ndarray, present: np.ndarray,
+                fixed: np.ndarray | None = None) -> np.ndarray:
     r"""Shifts projecting the values ``x`` (C, S) onto a band of width ``eps`` per class in
-    the metric :math:`\sum_c w_c d_c^2`; cells outside ``present`` do not count and get 0.
-    The weighted band projection of :mod:`.solver`; ``eps`` may differ per class."""
-    eps_t = torch.as_tensor(np.broadcast_to(eps, x.shape[:1]).copy())
-    xt = torch.from_numpy(np.ascontiguousarray(x))
+    the metric :math:`\sum_c w_c d_c^2` over the ``present`` cells (others get 0); the
+    weighted band projection of :mod:`.solver`. Cells marked ``fixed`` cannot move but hold
+    the band: its position :math:`t` must keep them inside, so the unconstrained optimal
+    :math:`t` (the cost is convex in it) is clamped to :math:`[\max x_f - \varepsilon,
+    \min x_f]`. ``eps`` may differ per class (it must cover the fixed cells' spread)."""
+    C = x.shape[0]
+    eps_c = np.broadcast_to(np.asarray(eps, dtype=float), (C,))
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=float))
     wt = torch.from_numpy(np.where(present, w, 0.0))
-    if eps_t.numel() and bool((eps_t == eps_t[0]).all()):
-        _, d = _band_unboxed(xt, wt, float(eps_t[0]))
-        return d.numpy()
-    rows = [_band_unboxed(xt[k:k + 1], wt[k:k + 1], float(eps_t[k]))[1] for k in range(len(x))]
-    return torch.cat(rows).numpy()
+    t = np.empty(C)
+    for k in range(C):
+        t[k] = float(_band_unboxed(xt[k:k + 1], wt[k:k + 1], float(eps_c[k]))[0])
+    if fixed is not None:
+        hi = np.where(fixed, x, np.inf).min(-1)
+        lo = np.where(fixed, x, -np.inf).max(-1) - eps_c
+        t = np.minimum(np.maximum(t, lo), np.maximum(hi, lo))
+    target = np.minimum(np.maximum(x, t[:, None]), (t + eps_c)[:, None])
+    return np.where(present, target - x, 0.0)
 
 
 def pooled_tolerance(pooled: np.ndarray, fixed: np.ndarray, eps: float) -> np.ndarray:
@@ -126,54 +119,42 @@ def pooled_tolerance(pooled: np.ndarray, fixed: np.ndarray, eps: float) -> np.nd
 
 
 def cell_shifts(mean_b: np.ndarray, n_b: np.ndarray, pooled: np.ndarray, scale: np.ndarray,
-                seen: np.ndarray, use_a: bool, use_b: bool, eps: float, iters: int
+                seen: np.ndarray, use_a: bool, use_b: bool, eps: float
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """The cell shifts ``d`` (C, S) of the projection onto (A) and (B) without bounds.
+    """The cell shifts ``d`` (C, S) of the projection onto (A) and (B) without bounds, for
+    three or more groups, where one band alone settles it.
 
     ``use_a``: the batch band applies (to classes with two or more cells in the batch);
     ``use_b``: the pooled band applies (to the cells served so far, ``seen``, this batch
-    included). Returns ``(d, eps_b)``, ``eps_b`` (C,) the pooled tolerance used.
+    included). Returns ``(d, joint)``: ``joint`` (C,) marks the classes where neither band's
+    projection satisfies the other, so both bind; their shifts are left to the row-level
+    solver (:func:`.pooled.joint_boxed`).
     """
     present = n_b > 0
     multi = present & (present.sum(-1, keepdims=True) >= 2)
-    eps_b = pooled_tolerance(pooled, seen & ~present, eps)
-    S = mean_b.shape[-1]
-    if S == 2:
-        a = np.full(len(n_b), use_a) & multi.all(-1)
-        b = np.full(len(n_b), use_b) & seen.all(-1)
-        d = pair_shifts(mean_b, n_b, pooled, scale, a, b, eps, eps_b)
-        return np.where(present, d, 0.0), eps_b
-    w_pool = np.where(present, n_b / np.where(present, scale, 1.0) ** 2, _PIN)
-
-    def proj_a(d: np.ndarray) -> np.ndarray:
-        return d + band_shifts(mean_b + d, n_b, eps, multi)
-
-    def proj_b(d: np.ndarray) -> np.ndarray:
-        step = band_shifts(pooled + scale * d, w_pool, eps_b, seen)
-        return d + np.where(present, step / np.where(present, scale, 1.0), 0.0)
-
+    fixed = seen & ~present
+    eps_b = pooled_tolerance(pooled, fixed, eps)
+    w_pool = np.where(present, n_b / np.where(present, scale, 1.0) ** 2, 0.0)
     zero = np.zeros_like(mean_b)
+    none = np.zeros(len(mean_b), dtype=bool)
     if not use_b:
-        return (proj_a(zero) if use_a else zero), eps_b
-    d_b = proj_b(zero)
-    if not use_a or _band_holds(mean_b + d_b, multi, eps):
-        return d_b, eps_b
-    d_a = proj_a(zero)
-    if _band_holds(pooled + scale * d_a, seen, eps_b):
-        return d_a, eps_b
-    # Dykstra's alternating projections, ending on the pooled band.
-    d, inc_a, inc_b = zero, zero, zero
-    for _ in range(iters):
-        y = proj_a(d + inc_a)
-        inc_a = d + inc_a - y
-        d_new = proj_b(y + inc_b)
-        inc_b = y + inc_b - d_new
-        d = d_new
-    return d, eps_b
+        return (band_shifts(mean_b, n_b, eps, multi) if use_a else zero), none
+    step = band_shifts(pooled, w_pool, eps_b, present, fixed)
+    d_b = np.where(present, step / np.where(present, scale, 1.0), 0.0)
+    if not use_a:
+        return d_b, none
+    ok_b = _band_holds(mean_b + d_b, multi, eps)
+    d_a = band_shifts(mean_b, n_b, eps, multi)
+    ok_a = _band_holds(pooled + scale * d_a, seen, eps_b)
+    d = np.where(ok_b[:, None], d_b, np.where(ok_a[:, None], d_a, 0.0))
+    return d, ~(ok_a | ok_b)
 
 
-def _band_holds(x: np.ndarray, mask: np.ndarray, eps: float | np.ndarray) -> bool:
+def _band_holds(x: np.ndarray, mask: np.ndarray, eps: float | np.ndarray) -> np.ndarray:
+    """(C,) whether the masked values of each class lie within ``eps``."""
     hi = np.where(mask, x, -np.inf).max(-1)
     lo = np.where(mask, x, np.inf).min(-1)
-    gap = np.where(mask.sum(-1) >= 2, hi - lo, 0.0)
-    return bool((gap <= np.asarray(eps) + 1e-12 * (1.0 + np.abs(hi) + np.abs(lo))).all())
+    two = mask.sum(-1) >= 2
+    gap = np.where(two, hi - lo, 0.0)
+    scale = np.where(two, np.abs(hi) + np.abs(lo), 0.0)
+    return gap <= np.asarray(eps) + 1e-12 * (1.0 + scale)

@@ -28,6 +28,7 @@ from .._projection import (
     decision_band_project,
     decision_joint_project,
     joint_boxed,
+    pair_qp,
 )
 from .._projection.solver import _fixed_boxed
 
@@ -300,12 +301,13 @@ def _serve_means(fi: FairInference, st: _HostState, zd: Tensor, key: Tensor,
     mean_b = [(s / n + b) if n else 0.0 for s, n, b in zip(sum_b, n_b, base)]
     use_a = (large or fi.per_batch) and not fi._residual
     use_b = fi.pooled == "hard"
+    rows = False
     if fi._residual:
         lower, upper = _residual_intervals(fi, st, n_b, sum_b, large, use_b)
         d = [min(max(m, lo), hi) - m if n else 0.0
              for m, lo, hi, n in zip(mean_b, lower, upper, n_b)]
     else:
-        d = _mean_shifts(fi, st, n_b, mean_b, use_a, use_b)
+        d, rows = _mean_shifts(fi, st, n_b, mean_b, use_a, use_b)
     shift = [b + x for b, x in zip(base, d)]
     N = zd.shape[0]
     bounds = fi.prediction_bounds
@@ -315,12 +317,13 @@ def _serve_means(fi: FairInference, st: _HostState, zd: Tensor, key: Tensor,
             q = q.clamp(*bounds)  # one row: its interval already lies in the box
     else:
         q = zd + torch.tensor(shift, dtype=_F64, device=zd.device).index_select(0, key)
-    if bounds is not None and N > 1:
+    if bounds is not None and N > 1 and not rows:
         lo, hi = torch.aminmax(q)
-        if float(lo) < bounds[0] or float(hi) > bounds[1]:
-            q = _means_boxed(fi, st, zd, key, base, n_b, sum_b, large, use_a, use_b)
-            _served_rows(fi, st, q, zd, key, n_b)
-            return q
+        rows = float(lo) < bounds[0] or float(hi) > bounds[1]
+    if rows:
+        q = _means_boxed(fi, st, zd, key, base, n_b, sum_b, large, use_a, use_b)
+        _served_rows(fi, st, q, zd, key, n_b)
+        return q
     out_b = [s + n * x for s, n, x in zip(sum_b, n_b, shift)]
     if N == 1:
         sq = float((q - zd) ** 2)
@@ -344,8 +347,9 @@ def _batch_labels(fi: FairInference, st: _HostState) -> list[float]:
 
 
 def _mean_shifts(fi: FairInference, st: _HostState, n_b: list[float], mean_b: list[float],
-                 use_a: bool, use_b: bool) -> list[float]:
-    """Cell shifts of the projection onto the batch band (A) and the pooled band (B)."""
+                 use_a: bool, use_b: bool) -> tuple[list[float], bool]:
+    """Cell shifts of the projection onto the batch band (A) and the pooled band (B), and
+    whether the row-level solver must serve (three or more groups with both bands binding)."""
     C, S = fi.num_classes, fi.num_groups
     eps = fi._eps_target
     d = [0.0] * (C * S)
@@ -372,69 +376,24 @@ def _mean_shifts(fi: FairInference, st: _HostState, n_b: list[float], mean_b: li
             p = min(max(pooled[c], lo), hi)
             d[c] = (p - pooled[c]) * st.count[c] / n_b[c]
         elif S == 2:
-            d[k * S], d[k * S + 1] = _pair(fi, st, k, n_b, mean_b, pooled, a_on, b_on, eps_b)
+            c0, c1 = k * S, k * S + 1
+            slabs = []  # (a0, a1, value at d = 0, half-width): |a . d + value| <= width
+            if a_on:
+                slabs.append((-1.0, 1.0, mean_b[c1] - mean_b[c0], eps))
+            if b_on:
+                slabs.append((-n_b[c0] / st.count[c0], n_b[c1] / st.count[c1],
+                              pooled[c1] - pooled[c0], eps_b))
+            d[c0], d[c1] = pair_qp(n_b[c0], n_b[c1], slabs)
         else:
             rest.append(k)
-    if rest:
-        _many_groups(fi, st, rest, n_b, mean_b, use_a, use_b, d)
-    return d
-
-
-def _pair(fi: FairInference, st: _HostState, k: int, n_b: list[float], mean_b: list[float],
-          pooled: dict[int, float], a_on: bool, b_on: bool, eps_b: float
-          ) -> tuple[float, float]:
-    r"""Two groups, both in the batch: :math:`\min n_0 d_0^2 + n_1 d_1^2` over the slabs
-    (A) :math:`|\hat m_1 + d_1 - \hat m_0 - d_0| \le \varepsilon` and (B)
-    :math:`|\hat P_1 + s_1 d_1 - \hat P_0 - s_0 d_0| \le \varepsilon_B`. The optimum has at
-    most two active constraints: it is the origin, the projection onto a violated slab's
-    nearer line when that satisfies the other slab, or the cheapest feasible corner."""
-    c0, c1 = 2 * k, 2 * k + 1
-    w0, w1 = n_b[c0], n_b[c1]
-    eps = fi._eps_target
-    slabs = []  # (a0, a1, value at d = 0, half-width): |a . d + value| <= width
-    if a_on:
-        slabs.append((-1.0, 1.0, mean_b[c1] - mean_b[c0], eps))
-    if b_on:
-        s0, s1 = n_b[c0] / st.count[c0], n_b[c1] / st.count[c1]
-        slabs.append((-s0, s1, pooled[c1] - pooled[c0], eps_b))
-
-    def ok(d0: float, d1: float) -> bool:
-        return all(abs(a0 * d0 + a1 * d1 + v) <= w + _TOL * (1.0 + abs(v))
-                   for a0, a1, v, w in slabs)
-
-    if ok(0.0, 0.0):
-        return 0.0, 0.0
-    best, best_cost = None, math.inf
-    for a0, a1, v, w in slabs:
-        if abs(v) <= w:
-            continue
-        r = math.copysign(w, v) - v  # onto the nearer line: a . d = r
-        den = a0 * a0 / w0 + a1 * a1 / w1
-        d0, d1 = r * a0 / w0 / den, r * a1 / w1 / den
-        cost = w0 * d0 * d0 + w1 * d1 * d1
-        if cost < best_cost and ok(d0, d1):
-            best, best_cost = (d0, d1), cost
-    if best is None and len(slabs) == 2:
-        (a0, a1, v, w), (b0, b1, u, x) = slabs
-        det = a0 * b1 - a1 * b0
-        if det != 0.0:
-            for ra in (w - v, -w - v):
-                for rb in (x - u, -x - u):
-                    d0, d1 = (ra * b1 - rb * a1) / det, (a0 * rb - b0 * ra) / det
-                    cost = w0 * d0 * d0 + w1 * d1 * d1
-                    if cost < best_cost and ok(d0, d1):
-                        best, best_cost = (d0, d1), cost
-    if best is None:  # unreachable with a feasible pool: keep the pooled band alone
-        a0, a1, v, w = slabs[-1]
-        r = math.copysign(w, v) - v if abs(v) > w else 0.0
-        den = a0 * a0 / w0 + a1 * a1 / w1
-        best = (r * a0 / w0 / den, r * a1 / w1 / den)
-    return best
+    joint = bool(rest) and _many_groups(fi, st, rest, n_b, mean_b, use_a, use_b, d)
+    return d, joint
 
 
 def _many_groups(fi: FairInference, st: _HostState, classes: list[int], n_b: list[float],
-                 mean_b: list[float], use_a: bool, use_b: bool, d: list[float]) -> None:
-    """Three or more groups: the cell-level solver of :mod:`.._projection.streaming`."""
+                 mean_b: list[float], use_a: bool, use_b: bool, d: list[float]) -> bool:
+    """Three or more groups: the cell-level solver of :mod:`.._projection.streaming`; returns
+    whether some class needs both bands at once (then the row-level solver serves)."""
     C, S = fi.num_classes, fi.num_groups
     nb = np.array(n_b).reshape(C, S)
     cnt = np.array(st.count).reshape(C, S)
@@ -442,10 +401,10 @@ def _many_groups(fi: FairInference, st: _HostState, classes: list[int], n_b: lis
     seen = cnt > 0
     safe = np.where(seen, cnt, 1.0)
     pooled = (np.array(st.out).reshape(C, S) + nb * mb) / safe
-    shifts, _ = cell_shifts(mb, nb, pooled, nb / safe, seen, use_a, use_b,
-                            fi._eps_target, fi.dykstra_iters)
+    shifts, joint = cell_shifts(mb, nb, pooled, nb / safe, seen, use_a, use_b, fi._eps_target)
     for k in classes:
         d[k * S:(k + 1) * S] = shifts[k].tolist()
+    return bool(joint[classes].any())
 
 
 def _residual_intervals(fi: FairInference, st: _HostState, n_b: list[float],
@@ -519,9 +478,25 @@ def _means_boxed(fi: FairInference, st: _HostState, zd: Tensor, key: Tensor, bas
         delta, _ = _fixed_boxed(x, key, n, C, S, lw, up, lo, hi)
         return (x + delta.reshape(-1).index_select(0, key)).clamp(lo, hi)
     o, cnt = _prior(fi, st, zd)
-    q, _ = joint_boxed(x, key, C, S, fi._eps_target, bounds, o, cnt, use_a, use_b,
-                       fi.dykstra_iters)
-    return q
+    if bounds is not None:
+        q, _ = joint_boxed(x, key, C, S, fi._eps_target, bounds, o, cnt, use_a, use_b)
+        return q
+    # No bounds (three or more groups, both bands binding): bounds too wide to bind. A
+    # cell's shift moves its pooled mean by n / T of it, so the reach scales with T / n;
+    # the width doubles until no row touches them (the first try always suffices in the
+    # tests).
+    n = torch.tensor(n_b, dtype=_F64, device=zd.device).view(C, S)
+    ratio = float(((cnt + n) / n.clamp(min=1)).max())
+    means = o / cnt.clamp(min=1)
+    xmin, xmax = (float(v) for v in torch.aminmax(x))
+    span = max(xmax, float(means.max())) - min(xmin, float(means.min())) + 1.0
+    width = 4.0 * span * ratio
+    while True:
+        wide = (xmin - width, xmax + width)
+        q, _ = joint_boxed(x, key, C, S, fi._eps_target, wide, o, cnt, use_a, use_b)
+        if float(q.min()) > wide[0] and float(q.max()) < wide[1]:
+            return q
+        width *= 4.0
 
 
 def _served_rows(fi: FairInference, st: _HostState, q: Tensor, zd: Tensor, key: Tensor,

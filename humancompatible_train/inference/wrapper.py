@@ -94,8 +94,6 @@ class FairInference(torch.nn.Module):
         per_batch: whether batches smaller than ``b_tau`` with two or more groups must also
             meet the constraint on their own (mean-type metrics). ``False`` keeps only the
             pooled constraint there, which costs less accuracy at small batches.
-        dykstra_iters: alternating-projection rounds for three or more groups when both the
-            batch's and the pooled constraint bind (two groups are solved exactly).
         group_shares: the groups' shares :math:`\pi` in the population (per label class for
             ``"equalized_odds"``), e.g. from the training data. Default: the running shares
             of the stream. :meth:`calibrate` sets them.
@@ -118,7 +116,6 @@ class FairInference(torch.nn.Module):
         protected_attr_idx: int | None = None,
         pooled: str | None = None,
         per_batch: bool = True,
-        dykstra_iters: int = 50,
         group_shares: Sequence[float] | Tensor | None = None,
         threshold: float = 0.5,
     ) -> None:
@@ -140,7 +137,6 @@ class FairInference(torch.nn.Module):
             pooled = "dual" if metric == "mean_residual" else "hard"
         self.pooled = check_choice("pooled", pooled, ("hard", "dual"), where)
         self.per_batch = check_bool("per_batch", per_batch, where)
-        self.dykstra_iters = check_int("dykstra_iters", dykstra_iters, minimum=1, where=where)
         self.prediction_bounds = _check_bounds(prediction_bounds, metric, self.threshold, where)
         if protected_attr_idx is not None:
             protected_attr_idx = check_int("protected_attr_idx", protected_attr_idx,
@@ -262,7 +258,7 @@ class FairInference(torch.nn.Module):
                 "fairness_tolerance": self.fairness_tolerance, "b_tau": self.b_tau,
                 "eta_0": self.eta_0, "threshold": self.threshold,
                 "prediction_bounds": bounds, "pooled": self.pooled,
-                "per_batch": self.per_batch, "dykstra_iters": self.dykstra_iters}
+                "per_batch": self.per_batch}
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str,
                             keep_vars: bool) -> None:

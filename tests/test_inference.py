@@ -137,11 +137,11 @@ def test_pooled_constraint_holds_for_every_metric(metric, bounds):
 
 def test_three_groups_both_bands_hold_exactly():
     gen = torch.Generator().manual_seed(3)
-    g = torch.randint(0, 3, (900,), generator=gen)
-    y = (torch.rand(900, generator=gen) < 0.4).long()
-    z = torch.randn(900, generator=gen, dtype=torch.float64) + 0.8 * g + 0.5 * y
+    g = torch.randint(0, 3, (320,), generator=gen)
+    y = (torch.rand(320, generator=gen) < 0.4).long()
+    z = torch.randn(320, generator=gen, dtype=torch.float64) + 0.8 * g + 0.5 * y
     fi = FairInference(num_groups=3, metric="equalized_odds", b_tau=64)
-    for i in range(0, 900, 8):
+    for i in range(0, 320, 8):
         q = fi.adjust(z[i:i + 8], g[i:i + 8], y[i:i + 8])
         for k in (0, 1):
             sel = y[i:i + 8] == k
@@ -320,19 +320,19 @@ def test_reset_zeroes_exactly_the_serving_state_from_the_registry():
 @pytest.mark.parametrize("kwargs", [{}, {"prediction_bounds": (-1.0, 1.5)},
                                     {"metric": "positive_rate"}, {"num_groups": 3}])
 def test_checkpoint_mid_stream_continues_identically(kwargs):
-    z, g = stream(600)
+    z, g = stream(240)
     if kwargs.get("num_groups") == 3:
-        g = g + (torch.rand(600, generator=torch.Generator().manual_seed(1)) < 0.2).long()
+        g = g + (torch.rand(240, generator=torch.Generator().manual_seed(1)) < 0.2).long()
     fi = FairInference(**kwargs)
-    for i in range(0, 300, 4):
+    for i in range(0, 120, 4):
         fi.adjust(z[i:i + 4], g[i:i + 4])
     buf = io.BytesIO()
     torch.save(fi.state_dict(), buf)
-    rest = [fi.adjust(z[i:i + 4], g[i:i + 4]) for i in range(300, 600, 4)]
+    rest = [fi.adjust(z[i:i + 4], g[i:i + 4]) for i in range(120, 240, 4)]
     buf.seek(0)
     fresh = FairInference(**kwargs)
     fresh.load_state_dict(torch.load(buf, weights_only=True))
-    again = [fresh.adjust(z[i:i + 4], g[i:i + 4]) for i in range(300, 600, 4)]
+    again = [fresh.adjust(z[i:i + 4], g[i:i + 4]) for i in range(120, 240, 4)]
     for a, b in zip(rest, again):
         assert torch.equal(a, b)
     assert fresh.stats() == fi.stats()

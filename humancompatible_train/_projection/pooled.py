@@ -42,8 +42,9 @@ each a 2 x 2 linear system, of which the cheapest inside the box wins.
 
 **Three or more groups** (:func:`_both_bands`). When neither single projection satisfies
 the other band, the cost :math:`G(b) = \min_a g(a, b)` is convex in the pooled band's
-position :math:`b`; a golden-section search over the interval of :math:`b` for which some
-batch band fits runs with the batch band solved exactly for each :math:`b` (each cell's
+position :math:`b`; a search (33 positions at once, refined eight times) over the
+interval of :math:`b` for which some batch band fits runs with the batch band solved
+exactly for each :math:`b` (each cell's
 target also held in the interval that keeps its pooled mean in the pooled band). Every
 point evaluated is feasible, so both bands and the bounds hold exactly; the cost is
 optimal to the resolution of the search.
@@ -53,7 +54,7 @@ All arithmetic is float64 on the rows' device; nothing is differentiated here (s
 
 from __future__ import annotations
 
-import math
+import copy
 
 import torch
 from torch import Tensor
@@ -300,15 +301,15 @@ def _vertex(maps: _CellMaps, x: Tensor, cell: Tensor, n: Tensor, T: Tensor,
     return d_best, torch.isfinite(cost.min(1).values)
 
 
-_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
-_ROUNDS = 80  # the bracket shrinks by 0.618 per round: below 1e-16 of its width
+_GRID = 33  # band positions evaluated at once
+_LEVELS = 8  # the bracket shrinks 16-fold per level: to 2e-10 of its width
 
 
 def _both_bands(maps: _CellMaps, x: Tensor, cell: Tensor, n: Tensor, T: Tensor,
                 o: Tensor, present: Tensor, eps: float, eps_k: Tensor, b_min: Tensor,
                 b_max: Tensor, bounds: tuple[float, float]) -> tuple[Tensor, Tensor]:
     r"""Three or more groups, both bands binding: the pooled band's position :math:`b` by a
-    golden-section search of the convex cost :math:`G(b) = \min_a g(a, b)`, the batch band's
+    grid refinement of the convex cost :math:`G(b) = \min_a g(a, b)`, the batch band's
     :math:`a` exactly for each :math:`b` (:func:`_band_solve` with every cell's target also
     inside the interval that keeps its pooled mean in :math:`[b, b + \varepsilon_B]`). Every
     candidate is feasible, so both bands hold exactly; the cost is optimal to the search's
@@ -335,38 +336,42 @@ def _both_bands(maps: _CellMaps, x: Tensor, cell: Tensor, n: Tensor, T: Tensor,
     ok = ~bad & (b_lo <= b_hi + tol)
     mid = 0.5 * (b_lo + b_hi)
     b_lo, b_hi = torch.minimum(b_lo, mid), torch.maximum(b_hi, mid)
-    zeros = torch.zeros_like(o)
+    B = _GRID
+    tiled = copy.copy(maps)
+    tiled.V, tiled.D, tiled.m0 = maps.V.repeat(B, 1), maps.D.repeat(B, 1), maps.m0.repeat(B)
+    nB, oB, presentB = n.repeat(B, 1), o.repeat(B, 1), present.repeat(B, 1)
+    tt = torch.where(presentB, T.repeat(B, 1), 1.0)
+    safe_nB = nB.clamp(min=1)
+    epsB = eps_k.repeat(B)
+    epsa = torch.full_like(epsB, eps)
+    zeros = torch.zeros_like(oB)
+    KS = K * S
 
     def solve(b: Tensor) -> tuple[Tensor, Tensor]:
-        tt = torch.where(present, T, 1.0)
-        jlo = ((b.unsqueeze(1) * tt - o) / safe_n).clamp(lo, hi)
-        jhi = (((b + eps_k).unsqueeze(1) * tt - o) / safe_n).clamp(lo, hi)
-        a_min = torch.where(present, jlo, -torch.inf).amax(1) - eps
-        a_max = torch.where(present, jhi, torch.inf).amin(1)
-        a_max = torch.maximum(a_max, a_min)
-        epsa = torch.full_like(b, eps)
-        _, d = _band_solve(maps, n, zeros, n, present, epsa, a_min, a_max, jlo, jhi)
-        _, cost = _means(x, cell, n, d, bounds)
-        return d, cost
+        """Shifts (B, K, S) and costs (B, K) for the band positions ``b`` (B, K)."""
+        bf = b.reshape(-1)
+        jlo = ((bf.unsqueeze(1) * tt - oB) / safe_nB).clamp(lo, hi)
+        jhi = (((bf + epsB).unsqueeze(1) * tt - oB) / safe_nB).clamp(lo, hi)
+        a_min = torch.where(presentB, jlo, -torch.inf).amax(1) - eps
+        a_max = torch.maximum(torch.where(presentB, jhi, torch.inf).amin(1), a_min)
+        _, d = _band_solve(tiled, nB, zeros, nB, presentB, epsa, a_min, a_max, jlo, jhi)
+        d = d.view(B, KS)
+        q = (x + d.index_select(1, cell)).clamp(lo, hi)
+        cost = torch.zeros(B, KS, dtype=_F64, device=x.device).index_add_(
+            1, cell, (q - x) ** 2).view(B, K, S).sum(-1)
+        return d.view(B, K, S), cost
 
+    # Grid refinement: G is convex, so its minimum over the grid's points lies within one
+    # spacing of the best point; each level narrows the bracket by (B - 1) / 2.
+    steps = torch.linspace(0.0, 1.0, B, dtype=_F64, device=x.device).unsqueeze(1)
     left, right = b_lo.clone(), b_hi.clone()
-    p1 = right - _GOLDEN * (right - left)
-    p2 = left + _GOLDEN * (right - left)
-    d1, c1 = solve(p1)
-    d2, c2 = solve(p2)
-    for _ in range(_ROUNDS):
-        move = c1 > c2  # the minimum lies right of p1
-        left = torch.where(move, p1, left)
-        right = torch.where(move, right, p2)
-        keep_d = torch.where(move.unsqueeze(1), d2, d1)
-        keep_c = torch.where(move, c2, c1)
-        p_new = torch.where(move, left + _GOLDEN * (right - left),
-                            right - _GOLDEN * (right - left))
-        d_new, c_new = solve(p_new)
-        d1 = torch.where(move.unsqueeze(1), keep_d, d_new)
-        c1 = torch.where(move, keep_c, c_new)
-        d2 = torch.where(move.unsqueeze(1), d_new, keep_d)
-        c2 = torch.where(move, c_new, keep_c)
-        p1, p2 = torch.where(move, p2, p_new), torch.where(move, p_new, p1)
-    best = torch.where((c1 <= c2).unsqueeze(1), d1, d2)
+    for _ in range(_LEVELS):
+        b = left + steps * (right - left)  # (B, K)
+        d, cost = solve(b)
+        i = cost.argmin(0)  # (K,)
+        best = d.gather(0, i.view(1, K, 1).expand(1, K, S))[0]
+        width = (right - left) / (B - 1)
+        centre = b.gather(0, i.view(1, K))[0]
+        left = torch.maximum(centre - width, left)
+        right = torch.minimum(centre + width, right)
     return best, ok

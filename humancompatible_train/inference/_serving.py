@@ -124,22 +124,19 @@ def check_values(fi: FairInference, zd: Tensor, g: Tensor, y: Tensor | None) -> 
 
 # ----------------------------------------------------------------------- the step
 def serve(fi: FairInference, scores: Tensor, groups: Tensor, labels: Tensor | None) -> Tensor:
-    """Adjust one batch and update the serving state; returns the rows (float64, flat)."""
+    """Adjust one batch and update the serving state; returns the served scores, shaped and
+    typed like ``scores``."""
+    if (not fi._decision and isinstance(scores, Tensor) and scores.numel() == 1
+            and isinstance(groups, Tensor) and groups.numel() == 1):
+        return _serve_one(fi, scores, groups, labels)
     z, g, y = check_batch(fi, scores, groups, labels)
-    zd = z if z.dtype == _F64 else z.to(_F64)
-    key = check_values(fi, zd, g, y)
     C, S = fi.num_classes, fi.num_groups
     CS = C * S
+    zd = z if z.dtype == _F64 else z.to(_F64)
+    key = check_values(fi, zd, g, y)
     N = zd.shape[0]
-    n_b = torch.bincount(key, minlength=CS).tolist() if C > 1 or N > 1 else None
-    if n_b is None:  # one row of one class: its cell is its group
-        cell0 = int(key)
-        n_b = [0.0] * CS
-        n_b[cell0] = 1.0
-        sum_b = [0.0] * CS
-        sum_b[cell0] = float(zd)
-    else:
-        sum_b = torch.bincount(key, weights=zd, minlength=CS).tolist()
+    n_b = torch.bincount(key, minlength=CS).tolist()
+    sum_b = torch.bincount(key, weights=zd, minlength=CS).tolist()
     label_b = None
     if fi._residual:
         label_b = torch.bincount(key, weights=y, minlength=CS).tolist()  # type: ignore[arg-type]
@@ -149,10 +146,68 @@ def serve(fi: FairInference, scores: Tensor, groups: Tensor, labels: Tensor | No
     if fi._decision:
         q = _serve_decisions(fi, st, zd, key, n_b, large)
     else:
-        q = _serve_means(fi, st, zd, key, n_b, sum_b, large)
+        q = _serve_means(fi, st, z, zd, key, n_b, sum_b, large)
     st.finish(N)
     st.commit()
-    return q
+    return q.to(scores.dtype).view(scores.shape)
+
+
+def _serve_one(fi: FairInference, scores: Tensor, groups: Tensor, labels: Tensor | None
+               ) -> Tensor:
+    """One prediction, in Python floats: its only constraint is the pooled one, an interval
+    for this cell's pooled mean (with the bounds, one interval): a clamp, exactly."""
+    if (scores.dtype not in (torch.float32, torch.float64) or scores.dim() > 2
+            or groups.is_complex()):
+        check_batch(fi, scores, groups, labels)  # raises with the full message
+    if groups.device != scores.device:
+        raise ValueError(f"groups: expected a tensor on the scores' device {scores.device}, "
+                         f"got {groups.device}")
+    z = float(scores)
+    gv = float(groups) if not groups.dtype == torch.bool else float(bool(groups))
+    S = fi.num_groups
+    if not (gv == int(gv) and 0 <= gv < S):
+        raise ValueError(f"groups: expected ids in 0..{S - 1}, got values [{groups.item()}]")
+    if not math.isfinite(z * z):
+        raise ValueError("scores: expected finite values, got NaN or Inf; nothing was changed"
+                         if not math.isfinite(z) else
+                         "scores: expected values whose squares sum to a finite float64 "
+                         "(|score| below about 1e154), got larger ones; nothing was changed")
+    cell = int(gv)
+    yv = None
+    if labels is not None or fi._labelled:
+        _, _, y = check_batch(fi, scores, groups, labels)
+        yv = float(y)  # type: ignore[arg-type]
+        if fi.metric == "equalized_odds":
+            if yv not in (0.0, 1.0):
+                raise ValueError(f"labels: expected values in {{0, 1}} for equalized_odds, "
+                                 f"got [{yv}]")
+            cell += int(yv) * S
+        elif not math.isfinite(yv * yv):
+            raise ValueError(f"labels: expected finite values (below about 1e154), got "
+                             f"[{yv}]; nothing was changed")
+    CS = fi.num_classes * S
+    n_b = [0.0] * CS
+    n_b[cell] = 1.0
+    sum_b = [0.0] * CS
+    sum_b[cell] = z
+    label_b = None
+    if fi._residual:
+        label_b = [0.0] * CS
+        label_b[cell] = yv  # type: ignore[assignment]
+    st = _HostState(fi)
+    st.add_batch(n_b, sum_b, label_b)
+    base, d, _ = _mean_plan(fi, st, n_b, sum_b, fi.b_tau <= 1)
+    q = z + base[cell] + d[cell]
+    if fi.prediction_bounds is not None:
+        # One row: its interval lies in the box (the pool meets the band inside it), so the
+        # clamp is the exact projection.
+        q = min(max(q, fi.prediction_bounds[0]), fi.prediction_bounds[1])
+    out_b = [0.0] * CS
+    out_b[cell] = q
+    st.served(out_b, (q - z) ** 2, None)
+    st.finish(1)
+    st.commit()
+    return torch.full_like(scores, q)
 
 
 class _HostState:
@@ -291,53 +346,48 @@ class _HostState:
 
 
 # ------------------------------------------------------------ mean-type metrics
-def _serve_means(fi: FairInference, st: _HostState, zd: Tensor, key: Tensor,
-                 n_b: list[float], sum_b: list[float], large: bool) -> Tensor:
-    C, S = fi.num_classes, fi.num_groups
-    CS = C * S
+def _mean_plan(fi: FairInference, st: _HostState, n_b: list[float], sum_b: list[float],
+               large: bool) -> tuple[list[float], list[float], bool]:
+    """The dual step, then per cell the base shift (minus the offsets for small batches),
+    the projection's shift, and whether the row-level solver must serve instead."""
+    CS = fi.num_classes * fi.num_groups
     st.dual_step(st.raw, subtract_offsets=True)
     # Small batches are served from the offset scores; large ones from the raw scores.
     base = [0.0] * CS if large else [-x for x in st.offsets(st.lam)]
-    mean_b = [(s / n + b) if n else 0.0 for s, n, b in zip(sum_b, n_b, base)]
-    use_a = (large or fi.per_batch) and not fi._residual
-    use_b = fi.pooled == "hard"
-    rows = False
+    st.mean_b = [(s / n + b) if n else 0.0 for s, n, b in zip(sum_b, n_b, base)]
+    st.use_a = (large or fi.per_batch) and not fi._residual
+    st.use_b = fi.pooled == "hard"
     if fi._residual:
-        lower, upper = _residual_intervals(fi, st, n_b, sum_b, large, use_b)
+        lower, upper = _residual_intervals(fi, st, n_b, sum_b, large, st.use_b)
         d = [min(max(m, lo), hi) - m if n else 0.0
-             for m, lo, hi, n in zip(mean_b, lower, upper, n_b)]
-    else:
-        d, rows = _mean_shifts(fi, st, n_b, mean_b, use_a, use_b)
+             for m, lo, hi, n in zip(st.mean_b, lower, upper, n_b)]
+        return base, d, False
+    d, rows = _mean_shifts(fi, st, n_b, st.mean_b, st.use_a, st.use_b)
+    return base, d, rows
+
+
+def _serve_means(fi: FairInference, st: _HostState, z: Tensor, zd: Tensor, key: Tensor,
+                 n_b: list[float], sum_b: list[float], large: bool) -> Tensor:
+    base, d, rows = _mean_plan(fi, st, n_b, sum_b, large)
     shift = [b + x for b, x in zip(base, d)]
-    N = zd.shape[0]
     bounds = fi.prediction_bounds
-    if N == 1:
-        q = zd + shift[int(key)]
-        if bounds is not None:
-            q = q.clamp(*bounds)  # one row: its interval already lies in the box
-    else:
-        q = zd + torch.tensor(shift, dtype=_F64, device=zd.device).index_select(0, key)
-    if bounds is not None and N > 1 and not rows:
+    # Rows in the scores' dtype (one rounding of the float64 shift).
+    shift_t = torch.from_numpy(np.array(shift, dtype=np.float64)).to(z.dtype)
+    q = z + shift_t.index_select(0, key)
+    if bounds is not None and not rows:
         lo, hi = torch.aminmax(q)
         rows = float(lo) < bounds[0] or float(hi) > bounds[1]
     if rows:
-        q = _means_boxed(fi, st, zd, key, base, n_b, sum_b, large, use_a, use_b)
+        q = _means_boxed(fi, st, zd, key, base, n_b, sum_b, large, st.use_a, st.use_b)
         _served_rows(fi, st, q, zd, key, n_b)
         return q
     out_b = [s + n * x for s, n, x in zip(sum_b, n_b, shift)]
-    if N == 1:
-        sq = float((q - zd) ** 2)
-        if bounds is not None:
-            c = int(key)
-            out_b[c] = sum_b[c] + (float(q) - float(zd))
-    else:
-        sq = sum(n * x * x for n, x in zip(n_b, shift))
-    means = [m + x for m, x in zip(mean_b, d)]
+    sq = sum(n * x * x for n, x in zip(n_b, shift))
+    means = [m + x for m, x in zip(st.mean_b, d)]
     target = None
     if fi._residual:
-        target = [lab / n if n else 0.0 for lab, n in
-                  zip(_batch_labels(fi, st), n_b)]
-    st.served(out_b, sq, _batch_gap(fi, means, n_b, target) if N > 1 else None)
+        target = [lab / n if n else 0.0 for lab, n in zip(_batch_labels(fi, st), n_b)]
+    st.served(out_b, sq, _batch_gap(fi, means, n_b, target))
     return q
 
 

@@ -338,7 +338,7 @@ class FairInference(torch.nn.Module):
             logger.debug("fair inference batch %d: size %d, lambda max %.4f",
                          int(self._view("num_batches")), q.numel(),
                          float(self._view("lambda_max")))
-        return q.to(scores.dtype).view(scores.shape)
+        return q
 
     # ------------------------------------------------------------- calibration
     def calibrate(self, loader: Iterable, *, prior_weight: float = 1.0) -> dict[str, Any]:

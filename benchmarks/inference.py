@@ -200,12 +200,13 @@ def bench_lock() -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def timing(model: torch.nn.Module, batches: tuple[int, ...], reps: int) -> None:
+def timing(model: torch.nn.Module, batches: tuple[int, ...], reps: int, lock: bool = True
+           ) -> None:
     print(f"\nPer-call cost (one thread, median of {reps} interleaved calls, after 100 "
           "warm-up; the wrapper's adjustment alone against the model's forward)")
     print(f"  {'batch':>5} {'forward':>10} {'FairInference':>14} {'ratio':>7} {'samples/s':>11}")
     gen = torch.Generator().manual_seed(0)
-    with bench_lock():
+    with bench_lock() if lock else contextlib.nullcontext():
         for batch in batches:
             fi = FairInference(fairness_tolerance=EPS, b_tau=B_TAU, eta_0=ETA0)
             x = torch.randn(reps + 100, batch, 20, generator=gen)
@@ -300,7 +301,7 @@ def main() -> None:
         d = data(3000)
         model = train(d, epochs=1)
         accuracy_table(model, d, (1, 16, 64), ("adversarial",), ("±2",))
-        timing(model, (1, 16, 64), min(args.reps, 50))
+        timing(model, (1, 16, 64), min(args.reps, 50), lock=False)  # a smoke run: no figures
         original(model, d, (64,), ("random",), 128)
         return
     d = data(20000)

@@ -363,6 +363,9 @@ def test_module_casts_and_copies_keep_the_state():
     fi = FairInference()
     fi.adjust(torch.tensor([0.0, 1.0, 0.5]), torch.tensor([0, 1, 1]))
     sd = fi.state_dict()
+    for other in (copy.deepcopy(fi), pickle.loads(pickle.dumps(fi))):  # before any cast
+        other.adjust(torch.tensor([0.2, 0.9]), torch.tensor([0, 1]))
+        assert int(other.stats()["num_batches"]) == 2 and fi.stats()["num_batches"] == 1
     fi.to(torch.float32)
     assert fi.count.dtype == torch.float64  # sums stay float64
     for other in (copy.deepcopy(fi), pickle.loads(pickle.dumps(fi))):

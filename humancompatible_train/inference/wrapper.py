@@ -195,12 +195,21 @@ class FairInference(torch.nn.Module):
 
     def _write_flat(self, values: list[float]) -> None:
         """Write the whole state at once (the last act of a serving step)."""
-        if self._np is None:
-            if self._flat.device.type != "cpu":
-                self._flat.copy_(torch.tensor(values, dtype=torch.float64))
-                return
-            self._np = self._flat.numpy()
-        self._np[:] = values
+        flat = self._flat
+        if flat.device.type != "cpu":
+            flat.copy_(torch.tensor(values, dtype=torch.float64))
+            return
+        # A host view of the buffer, cached; checked against the buffer's memory, which
+        # .to(), copies, pickling or an assigning load may have replaced.
+        view = self._np
+        if view is None or view.ctypes.data != flat.data_ptr():
+            view = self._np = flat.numpy()
+        view[:] = values
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_np"] = None  # a view of this object's buffer, not to be copied with it
+        return state
 
     def _apply(self, fn: Any, recurse: bool = True) -> FairInference:
         # .to()/.cuda()/.double() replace the buffer: drop the cached host view, and keep the

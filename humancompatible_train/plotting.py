@@ -67,7 +67,7 @@ def _save(fig: Figure, save_path: str | os.PathLike[str] | None, dpi: int) -> No
     path = Path(save_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    logger.info("saved figure to %s", path)
+    logger.debug("saved figure to %s", path)
 
 
 def _as_array(values: Any, name: str) -> np.ndarray:

@@ -356,3 +356,133 @@ def test_single_group_and_file_errors(tmp_path: Path) -> None:
     missing_target = _write(tmp_path, "x,s,y\n1,a,0\n2,b,\n", name="mt.csv")
     with pytest.raises(ValueError, match="target column 'y' .*1 missing values"):
         load_csv(missing_target, target="y", sensitive="s")
+
+
+# ------------------------------------------------------- bad cells and files (reliability)
+def _numbers_file(tmp_path: Path, cells: list[str], name: str = "num.csv") -> Path:
+    lines = ["age,sex,label"] + [
+        f"{c},{'FM'[i % 2]},{('yes', 'no')[i % 3 == 0]}" for i, c in enumerate(cells)
+    ]
+    return _write(tmp_path, "\n".join(lines) + "\n", name=name)
+
+
+@pytest.mark.parametrize("text", ["inf", "-inf", "Infinity", "1e400", "NAN"])
+def test_non_finite_number_cells_are_refused(tmp_path: Path, text: str) -> None:
+    cells = [str(20 + i) for i in range(60)]
+    cells[7] = text
+    path = _numbers_file(tmp_path, cells)
+    with pytest.raises(ValueError, match=(rf"numerical column 'age' in num.csv has 1 non-finite "
+                                          rf"number\(s\), e.g. '{text}' at data row 7; .*"
+                                          r"missing_values")):
+        load_csv(path, target="label", sensitive="sex", positive="yes")
+    # Listed as missing, the cell is imputed: every feature finite, the others unchanged.
+    ds = load_csv(path, target="label", sensitive="sex", positive="yes",
+                  missing_values=("", text))
+    X = torch.cat([ds.train.X, ds.val.X, ds.test.X])
+    assert torch.isfinite(X).all()
+    assert ds.preprocessor.means["age"] == pytest.approx(
+        np.mean([20 + i for i in ds.train.rows.tolist() if i != 7]))
+
+
+def test_huge_values_are_standardised_without_overflow(tmp_path: Path) -> None:
+    ints = [(i * 7) % 23 - 11 for i in range(90)]
+    path = _numbers_file(tmp_path, [f"{k}e306" for k in ints])
+    ds = load_csv(path, target="label", sensitive="sex", positive="yes")
+    # Truth from the small integers: z = (k - mean) / std over the training rows.
+    k = np.array(ints, dtype=np.float64)
+    train_k = k[ds.train.rows.numpy()]
+    for part in (ds.train, ds.val, ds.test):
+        expected = (k[part.rows.numpy()] - train_k.mean()) / train_k.std()
+        np.testing.assert_allclose(part.X[:, 0].numpy(), expected, rtol=1e-5, atol=1e-6)
+    pm = _numbers_file(tmp_path, ["1e308", "-1e308"] * 30, name="pm.csv")
+    ds = load_csv(pm, target="label", sensitive="sex", positive="yes")
+    assert set(torch.cat([ds.train.X, ds.val.X, ds.test.X])[:, 0].tolist()) == {-1.0, 1.0}
+
+
+def test_far_values_are_clipped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    ds = load_adult(max_rows=400)
+    cols = {c: ["?", "?"] for c in ds.preprocessor.columns}
+    cols["age"] = ["1e300", "-1e300"]
+    with caplog.at_level("WARNING", logger="humancompatible_train"):
+        row = ds.preprocessor.transform(cols)
+    j = ds.feature_names.index("age")
+    assert row[:, j].tolist() == [1e6, -1e6] and np.isfinite(row).all()
+    assert "feature 'age': 2 value(s) lie more than 1e+06 training standard deviations" in \
+        caplog.text
+
+
+def test_tiny_data_never_gives_an_empty_part(tmp_path: Path) -> None:
+    three = _write(tmp_path, "x,s,y\n1,a,0\n2,b,1\n3,a,1\n", name="three.csv")
+    with pytest.raises(ValueError, match=r"three.csv: 3 rows give an empty validation and test "
+                                         r"part \(train 3, validation 0, test 0 rows"):
+        load_csv(three, target="y", sensitive="s")
+    with pytest.raises(ValueError, match=r"adult: 5 rows give an empty test part .*raise max_rows"):
+        load_adult(max_rows=5)
+    # A part asked to be empty (fraction 0) is not an error.
+    ds = load_csv(_write(tmp_path, "\n".join(_toy_rows(60))), target="outcome",
+                  sensitive="gender", positive="yes", split=(0.8, 0.2, 0.0))
+    assert len(ds.test) == 0 and len(ds.val) > 0
+
+
+def test_unreadable_files_raise_value_errors_naming_the_file(tmp_path: Path) -> None:
+    corrupt = tmp_path / "bad.csv.gz"
+    corrupt.write_bytes(b"\x1f\x8b\x08\x00garbage" * 40)
+    truncated = tmp_path / "cut.csv.gz"
+    truncated.write_bytes(gzip.compress("\n".join(_toy_rows(60)).encode())[:50])
+    for path in (corrupt, truncated):
+        with pytest.raises(ValueError, match=rf"{path.name}': the file starts like gzip data "
+                                             r"but cannot be decompressed \(.+\); it is corrupt"):
+            load_csv(path, target="outcome", sensitive="gender")
+    huge = _write(tmp_path, "a,b\n1," + "z" * 200_000 + "\n", name="huge.csv")
+    with pytest.raises(ValueError, match=r"huge.csv: line 2: field larger than field limit "
+                                         r"\(131072\).*a field longer than 131,072 characters"):
+        load_csv(huge, target="a", sensitive="b")
+
+
+def test_encodings(tmp_path: Path) -> None:
+    text = "\n".join(_toy_rows(80)).replace(",a,", ",café,")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin.csv': byte 0xe9 on line \d+ \(offset \d+\) is "
+                                         r"not valid utf-8 text; .*encoding='latin-1'"):
+        load_csv(latin, target="outcome", sensitive="gender", positive="yes")
+    ds = load_csv(latin, target="outcome", sensitive="gender", positive="yes",
+                  encoding="latin-1")
+    assert "job=café" in ds.feature_names
+    bom = tmp_path / "bom.csv"  # Excel's UTF-8 with a byte-order mark
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert load_csv(bom, target="outcome", sensitive="gender", positive="yes"
+                    ).feature_names[0] == "income"
+
+
+@pytest.mark.parametrize(("kwargs", "pattern"), [
+    ({"encoding": "klingon"}, r"encoding: expected a text encoding .*, got 'klingon'"),
+    ({"encoding": "rot13"}, r"encoding: expected a text encoding .*, got 'rot13'"),
+    ({"delimiter": ";;"}, r"delimiter: expected one character .*, got ';;'"),
+    ({"seed": -1}, r"seed: expected an int >= 0, got -1"),
+    ({"seed": 1.5}, r"seed: expected an int >= 0, got 1.5"),
+    ({"missing_values": None}, r"missing_values: expected a sequence of cell texts .*got None"),
+    ({"missing_values": "?"}, r"missing_values: expected a sequence of cell texts .*got '\?'"),
+    ({"max_rows": 0}, r"max_rows: expected a positive int, got 0"),
+    ({"sensitive": 3}, r"sensitive: expected a non-empty list of column names, got 3"),
+])
+def test_bad_arguments_name_themselves(toy: Path, kwargs: dict[str, object], pattern: str
+                                       ) -> None:
+    args: dict[str, object] = {"target": "outcome", "sensitive": "gender", "positive": "yes"}
+    with pytest.raises(ValueError, match=pattern):
+        load_csv(toy, **{**args, **kwargs})  # type: ignore[arg-type]
+
+
+def test_path_must_be_a_path() -> None:
+    with pytest.raises(ValueError, match="path: expected a file path or a pandas DataFrame, "
+                                         "got None"):
+        load_csv(None, target="y", sensitive="s")  # type: ignore[arg-type]
+
+
+def test_bundled_table_is_parsed_once_and_read_only() -> None:
+    from humancompatible_train.datasets.loaders import _bundled_table
+
+    a, b = _bundled_table("adult.csv.gz"), _bundled_table("adult.csv.gz")
+    assert a is b and not a["age"].flags.writeable
+    assert torch.equal(load_adult(max_rows=300, seed=2).train.X,
+                       load_adult(max_rows=300, seed=2).train.X)

@@ -7,12 +7,14 @@ standard library; Parquet files and ``as_pandas=True`` need the ``pandas`` extra
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._validation import fail
 from ._core import (
     DEFAULT_MISSING,
     DatasetSplits,
@@ -67,8 +69,14 @@ def data_path(filename: str) -> Path:
     return path
 
 
+@functools.cache
 def _bundled_table(filename: str) -> Table:
-    return read_csv_columns(data_path(filename))
+    """The parsed bundled file, kept for the process (parsing Adult takes about a second) and
+    read-only, since every load shares it."""
+    table = read_csv_columns(data_path(filename))
+    for column in table.values():
+        column.flags.writeable = False
+    return table
 
 
 def _sensitive_list(sensitive: str | Sequence[str], allowed: Sequence[str], name: str) -> list[str]:
@@ -192,6 +200,7 @@ def load_csv(
     include_sensitive: bool = False,
     missing_values: Sequence[str] = DEFAULT_MISSING,
     delimiter: str | None = None,
+    encoding: str = "utf-8",
     split: Sequence[float] = DEFAULT_SPLIT,
     seed: int = 0,
     max_rows: int | None = None,
@@ -220,31 +229,41 @@ def load_csv(
         include_sensitive: also use the sensitive columns as features.
         missing_values: cell texts read as missing. Missing numbers get the training mean,
             missing categories the category ``'missing'``; a missing target or group is an error.
+            A number cell that is not finite (``inf``, ``1e400``, a ``nan`` text not listed
+            here) is an error, never an infinite feature.
         delimiter: CSV field separator (default ``','``, tab for ``.tsv``).
+        encoding: text encoding of a CSV file (default UTF-8, with or without a byte-order
+            mark), e.g. ``'latin-1'`` or ``'cp1252'``.
         split, seed, max_rows, as_pandas: as for :func:`load_adult`.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        FileNotFoundError: ``path`` does not exist (other :class:`OSError`: it cannot be read).
         ValueError: a named column is missing, the target is not binary, ``positive`` is not one
-            of its values, a group is empty or unlabelled, or an argument is malformed.
+            of its values, a group is empty or unlabelled, a number is not finite, the data are
+            too small for non-empty validation and test parts, an argument is malformed, or the
+            file is not readable as a table (corrupt or truncated gzip data, text not in
+            ``encoding``, a field beyond the csv module's limit, a ragged line). Every message
+            names the file and, where it applies, the column, row and value.
     """
     if hasattr(path, "columns") and hasattr(path, "iloc"):
         table = frame_to_columns(path, source="the data frame")  # type: ignore[arg-type]
         name = "dataframe"
+    elif not isinstance(path, (str, os.PathLike)):
+        raise fail("path", "a file path or a pandas DataFrame", path)
     else:
-        p = Path(path)  # type: ignore[arg-type]
+        p = Path(path)
         suffixes = p.name.lower()
         if suffixes.endswith(_PARQUET_SUFFIXES):
             table = read_parquet_columns(p)
         else:
-            table = read_csv_columns(p, delimiter=delimiter)
+            table = read_csv_columns(p, delimiter=delimiter, encoding=encoding)
         name = p.name
     result = build_splits(
         table,
         name=name,
         target=target,
         positive=positive,
-        sensitive=[sensitive] if isinstance(sensitive, str) else list(sensitive),
+        sensitive=[sensitive] if isinstance(sensitive, str) else sensitive,
         group_labels=group_labels,
         features=features,
         drop=drop,

@@ -17,7 +17,7 @@ _projection`.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,95 +31,15 @@ from .._projection import (
     pair_qp,
 )
 from .._projection.solver import _fixed_boxed
+from ._checks import check_batch, check_values
 
 if TYPE_CHECKING:
     from .wrapper import FairInference
 
-__all__ = ["check_batch", "check_values", "serve"]
+__all__ = ["serve"]
 
 _F64 = torch.float64
 _TOL = 1e-12
-
-
-# ----------------------------------------------------------------------------- checks
-def check_batch(fi: FairInference, scores: Any, groups: Any, labels: Any
-                ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Types and shapes (no value is read): flat detached scores, int64 group ids, labels."""
-    if not isinstance(scores, Tensor) or not scores.is_floating_point():
-        got = scores.dtype if isinstance(scores, Tensor) else type(scores).__name__
-        raise ValueError(f"scores: expected a floating tensor (float32 or float64), got {got}")
-    if scores.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"scores: expected float32 or float64 (half precision cannot hold the "
-                         f"adjustment to within the tolerance; cast with .float()), got "
-                         f"{scores.dtype}")
-    if scores.dim() > 2 or (scores.dim() == 2 and scores.shape[1] != 1):
-        raise ValueError(f"scores: expected shape (N,) or (N, 1), got {tuple(scores.shape)}")
-    z = scores.detach().reshape(-1)
-    N = z.shape[0]
-    if N == 0:
-        raise ValueError("scores: expected a non-empty batch, got 0 rows")
-    if not isinstance(groups, Tensor) or groups.numel() != N or groups.is_complex():
-        got = tuple(groups.shape) if isinstance(groups, Tensor) else type(groups).__name__
-        raise ValueError(f"groups: expected a tensor of {N} group ids, got {got}")
-    if groups.device != z.device:
-        raise ValueError(f"groups: expected a tensor on the scores' device {z.device}, got "
-                         f"{groups.device}")
-    g = groups.detach().reshape(-1)
-    if g.is_floating_point():
-        if not bool((g == g.round()).all()):
-            raise ValueError(f"groups: expected whole-number group ids, got "
-                             f"{_few(g)}")
-        g = g.long()
-    elif g.dtype != torch.int64:
-        g = g.long()
-    if labels is None:
-        if fi._labelled:
-            raise ValueError(f"labels: metric {fi.metric!r} needs labels with every batch, "
-                             "got None")
-        return z, g, None
-    if not isinstance(labels, Tensor) or labels.numel() != N or labels.is_complex():
-        got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-        raise ValueError(f"labels: expected a tensor of {N} values, got {got}")
-    if labels.device != z.device:
-        raise ValueError(f"labels: expected a tensor on the scores' device {z.device}, got "
-                         f"{labels.device}")
-    return z, g, labels.detach().reshape(-1).to(_F64)
-
-
-def _few(t: Tensor) -> str:
-    values = t.reshape(-1)[:8].tolist()
-    return f"{values}{' ...' if t.numel() > 8 else ''}"
-
-
-def check_values(fi: FairInference, zd: Tensor, g: Tensor, y: Tensor | None) -> Tensor:
-    """Group ids in range, finite scores whose sums cannot overflow, valid labels; returns
-    the rows' cells ``class * S + group``."""
-    S = fi.num_groups
-    try:
-        n_g = torch.bincount(g, minlength=S)
-    except RuntimeError:  # a negative id
-        n_g = None
-    if n_g is None or n_g.numel() != S:
-        raise ValueError(f"groups: expected ids in 0..{S - 1}, got values "
-                         f"{sorted(set(g.tolist()))[:10]}")
-    sq = float(torch.dot(zd, zd))
-    if not math.isfinite(sq):
-        if not bool(torch.isfinite(zd).all()):
-            raise ValueError("scores: expected finite values, got NaN or Inf; nothing was "
-                             "changed")
-        raise ValueError("scores: expected values whose squares sum to a finite float64 "
-                         "(|score| below about 1e154), got larger ones; nothing was changed")
-    if y is None:
-        return g
-    if fi.metric == "equalized_odds":
-        if not bool(((y == 0) | (y == 1)).all()):
-            raise ValueError(f"labels: expected values in {{0, 1}} for equalized_odds, got "
-                             f"{_few(y)}")
-        return y.long() * S + g
-    if not math.isfinite(float(torch.dot(y, y))):
-        raise ValueError("labels: expected finite values (below about 1e154), got "
-                         f"{_few(y)}; nothing was changed")
-    return g
 
 
 # ----------------------------------------------------------------------- the step

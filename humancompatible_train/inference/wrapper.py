@@ -36,7 +36,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -47,6 +46,14 @@ from torch import Tensor
 from .._projection import band_shifts, decision_band_project
 from .._validation import check_bool, check_choice, check_int, check_real, fail
 from . import _serving
+from ._checks import (
+    check_batch,
+    check_bounds,
+    check_loaded,
+    check_settings,
+    check_shares,
+    check_values,
+)
 from ._state import Field, Layout
 
 __all__ = ["FairInference"]
@@ -137,7 +144,7 @@ class FairInference(torch.nn.Module):
             pooled = "dual" if metric == "mean_residual" else "hard"
         self.pooled = check_choice("pooled", pooled, ("hard", "dual"), where)
         self.per_batch = check_bool("per_batch", per_batch, where)
-        self.prediction_bounds = _check_bounds(prediction_bounds, metric, self.threshold, where)
+        self.prediction_bounds = check_bounds(prediction_bounds, metric, self.threshold, where)
         if protected_attr_idx is not None:
             protected_attr_idx = check_int("protected_attr_idx", protected_attr_idx,
                                            where=where)
@@ -182,7 +189,7 @@ class FairInference(torch.nn.Module):
                              persistent=False)
         self._np: np.ndarray | None = None
         if group_shares is not None:
-            shares = _check_shares(group_shares, C, S, where)
+            shares = check_shares(group_shares, C, S, where)
             self._set("group_shares", shares)
             self._set("fixed_shares", torch.ones(()))
 
@@ -258,7 +265,7 @@ class FairInference(torch.nn.Module):
         return {"version": _VERSION, "settings": self._settings()}
 
     def set_extra_state(self, state: Any) -> None:
-        _check_settings(state, self._settings())
+        check_settings(state, self._settings())
 
     def _settings(self) -> dict[str, Any]:
         """Every constructor setting that changes what is served (checked on load)."""
@@ -282,9 +289,9 @@ class FairInference(torch.nn.Module):
         # another size or metric is refused by name), then every entry.
         extra = prefix + "_extra_state"
         if extra in state_dict:
-            _check_settings(state_dict[extra], self._settings())
+            check_settings(state_dict[extra], self._settings())
         new = self._layout.read(state_dict, prefix, self._flat, strict, missing_keys)
-        _check_loaded(self._layout, new, self.num_classes, self.num_groups)
+        check_loaded(self._layout, new, self.num_classes, self.num_groups)
         mine = {prefix + f.name for f in self._layout.fields}
         rest = {k: v for k, v in state_dict.items() if k not in mine}
         super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys,
@@ -403,9 +410,9 @@ class FairInference(torch.nn.Module):
         w = check_real("prior_weight", prior_weight, low=0, where=where)
         if self._labelled and labels is None:
             raise ValueError(f"{where}labels: metric {self.metric!r} needs labels, got None")
-        z, g, y = _serving.check_batch(self, scores, groups, labels)
+        z, g, y = check_batch(self, scores, groups, labels)
         zd = z.to(torch.float64)
-        key = _serving.check_values(self, zd, g, y)
+        key = check_values(self, zd, g, y)
         C, S = self.num_classes, self.num_groups
         n = torch.bincount(key, minlength=C * S).to(torch.float64).view(C, S)
         raw = torch.bincount(key, weights=zd, minlength=C * S).view(C, S)
@@ -543,72 +550,6 @@ def _unpack(batch: Any) -> tuple[Tensor, Tensor | None, Tensor]:
         return x, groups, y
     x, y = batch
     return x, None, y
-
-
-def _check_bounds(bounds: Any, metric: str, threshold: float, where: str
-                  ) -> tuple[float, float] | None:
-    if bounds is None:
-        return None
-    expected = "None or a pair (lo, hi) of finite numbers with lo < hi"
-    if isinstance(bounds, (str, bytes)) or not isinstance(bounds, Sequence) or len(bounds) != 2:
-        raise fail("prediction_bounds", expected, bounds, where)
-    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in bounds):
-        raise fail("prediction_bounds", expected, bounds, where)
-    lo, hi = float(bounds[0]), float(bounds[1])
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise fail("prediction_bounds", expected, bounds, where)
-    if metric == "positive_rate" and not lo < threshold <= hi:
-        raise fail("prediction_bounds", f"lo < threshold <= hi (threshold {threshold}) for "
-                   "metric 'positive_rate'", bounds, where)
-    return lo, hi
-
-
-def _check_shares(shares: Any, C: int, S: int, where: str) -> Tensor:
-    expected = (f"{S} non-negative finite shares summing to 1"
-                + (f" (or {C} x {S}, one row per label class)" if C > 1 else ""))
-    try:
-        t = torch.as_tensor(shares, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError):
-        raise fail("group_shares", expected, shares, where) from None
-    if t.numel() not in (S, C * S) or t.is_complex():
-        raise fail("group_shares", expected, shares, where)
-    t = t.reshape(-1, S).expand(C, S).clone()
-    if not bool(torch.isfinite(t).all() & (t >= 0).all()) or not torch.allclose(
-            t.sum(-1), torch.ones(C, dtype=torch.float64)):
-        raise fail("group_shares", expected, shares, where)
-    return t
-
-
-def _check_settings(state: Any, mine: dict[str, Any]) -> None:
-    if not isinstance(state, Mapping) or not isinstance(state.get("settings"), Mapping):
-        raise fail("state_dict: _extra_state", "the dict FairInference.state_dict() saves",
-                   type(state).__name__)
-    saved = state["settings"]
-    for key, value in mine.items():
-        got = saved.get(key, "<missing>")
-        if isinstance(got, tuple):
-            got = list(got)
-        if got != value:
-            raise ValueError(f"state_dict: {key}: expected {value!r} (this wrapper's setting), "
-                             f"got {got!r}; build the wrapper with the saved settings")
-
-
-def _check_loaded(layout: Layout, flat: Tensor, C: int, S: int) -> None:
-    """Consistency across entries of a state about to be loaded."""
-
-    def get(name: str) -> Tensor:
-        return layout.view(flat, name)
-
-    count = get("count")
-    for name in ("positive_sum", "response_positive_sum"):
-        if bool((get(name) > count).any()):
-            raise ValueError(f"state_dict: {name}: expected at most count per cell, got "
-                             f"{get(name).tolist()} against {count.tolist()}")
-    if float(get("fixed_shares")) > 0:
-        sums = get("group_shares").sum(-1)
-        if not torch.allclose(sums, torch.ones(C, dtype=torch.float64)):
-            raise ValueError(f"state_dict: group_shares: expected {S} shares summing to 1 per "
-                             f"class, got {get('group_shares').tolist()}")
 
 
 def _decision_offsets(z: Tensor, q: Tensor, key: Tensor, C: int, S: int, t: float) -> Tensor:

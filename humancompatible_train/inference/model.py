@@ -168,7 +168,7 @@ class FairModel(torch.nn.Module):
     # the attribute names of the fairness_training inference guide
     @property
     def lambda_dual(self) -> float:
-        return float(self.fair.dual.duals.max())
+        return float(self.fair.lambda_dual.max())
 
     @property
     def cumulative_samples(self) -> int:

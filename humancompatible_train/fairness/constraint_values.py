@@ -148,6 +148,14 @@ def linear_combination(A: Tensor | None, B: Tensor, p: Tensor) -> Tensor:
     return flat.view(K, X)
 
 
+#: A tensor, or (function, arguments) computing it when first needed
+Lazy = Tensor | tuple[Callable[..., Tensor], tuple[Any, ...]]
+
+
+def _computed(lazy: tuple[Callable[..., Tensor], tuple[Any, ...]]) -> Tensor:
+    return lazy[0](*lazy[1])
+
+
 class ConstraintValues:
     """One batch's constraint rows (inequalities, ``<= 0``) and what they came from.
 
@@ -166,17 +174,16 @@ class ConstraintValues:
     the name says so): the training step pays only for the rows.
     """
 
-    def __init__(self, values: Tensor, inactive: Tensor, names: tuple[str, ...], group: str,
-                 eps: float, statistics: Tensor | tuple[Callable[..., Tensor], tuple[Any, ...]],
-                 absent: Tensor,
-                 overall: tuple[Any, ...]) -> None:
+    def __init__(self, values: Tensor, inactive: Lazy, names: tuple[str, ...], group: str,
+                 eps: float, statistics: Lazy, absent: Lazy, overall: tuple[Any, ...]) -> None:
         self.values = values  #: (m,) differentiable where active; 0 (or NaN) where inactive
         self.group = group  #: the dual optimizer's constraint group these rows belong to
         self.eps = eps  #: the tolerance the rows subtract
         self._names = names
-        self._inactive = inactive
-        self._stats = statistics  # (K, S), any value where absent; or (function, arguments)
-        self._absent = absent  # (K, S)
+        # Each of these is a tensor, or (function, arguments) that computes it on first use.
+        self._lazy_inactive = inactive  # (m,)
+        self._stats = statistics  # (K, S), any value where absent
+        self._lazy_absent = absent  # (K, S) or (S,)
         self._overall = overall  # (statistics, absent) or what computes them
 
     def __repr__(self) -> str:
@@ -197,11 +204,20 @@ class ConstraintValues:
     def absent(self) -> Tensor:
         """(K, S) bool: the group's denominator was 0 in the batch (no rows, or e.g. no
         positive labels for TPR)."""
-        return self._absent if self._absent.dim() == 2 else self._absent.unsqueeze(0)
+        if isinstance(self._lazy_absent, tuple):
+            self._lazy_absent = _computed(self._lazy_absent)
+        absent = self._lazy_absent
+        return absent if absent.dim() == 2 else absent.unsqueeze(0)
+
+    @property
+    def _inactive(self) -> Tensor:
+        if isinstance(self._lazy_inactive, tuple):
+            self._lazy_inactive = _computed(self._lazy_inactive)
+        return self._lazy_inactive
 
     def _raw(self) -> Tensor:
-        if isinstance(self._stats, tuple):  # (function, its arguments): computed on first use
-            self._stats = self._stats[0](*self._stats[1])
+        if isinstance(self._stats, tuple):
+            self._stats = _computed(self._stats)
         return self._stats
 
     @property

@@ -67,7 +67,6 @@ JMLR 2019)::
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import torch
@@ -76,6 +75,7 @@ from torch import Tensor
 
 from .._validation import check_choice, check_real, fail
 from ._checks import Reads, Shown, check_validate, kind
+from ._fast_path import TwoGroupFastPath
 from ._statistics import STATISTICS, parts_of, statistic_by_name, takes_arguments
 from .constraint_values import (
     Coef,
@@ -96,13 +96,7 @@ _MODES = ("pairwise", "overall", "max_gap", "abs_diff")
 _INACTIVE = ("zero", "nan")
 
 
-def _fast_statistics(a: float, b: float, member: Tensor, inv: Tensor, p: Tensor) -> Tensor:
-    """(1, 2) statistics of the fast path: a n_g / d_g + b (s_g . p) / d_g per group, for
-    the membership ``member`` and the safe denominators ``inv`` = d_g."""
-    return ((a * member.sum(0) + b * (p.reshape(-1) @ member)) / inv).unsqueeze(0)
-
-
-class FairnessConstraint:
+class FairnessConstraint(TwoGroupFastPath):
     r"""Constraint rows comparing a statistic across groups, for a dual optimizer.
 
     Args:
@@ -190,8 +184,8 @@ class FairnessConstraint:
         # labels (the positive rate) -- a few tensor operations, one of them in the graph.
         coef = self._coef[0] if len(self._coef) == 1 else None
         self._fast = coef if (self._two_groups and coef is not None and is_linear([coef])
-                              and all(is_real(c) for c in coef)) else None
-        self._fast_cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, float]] = {}
+                              and all(is_real(c) for c in coef) and coef[2] != 0) else None
+        self._fast_cache: dict[tuple[torch.device, torch.dtype], Tensor] = {}
         self._index_cache: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
         logger.debug("%r: rows %s", self, self.names)
 
@@ -402,74 +396,6 @@ class FairnessConstraint:
         values = torch.where(inactive, self._fill, values)
         return ConstraintValues(values, inactive, self._names, self.name, eps, raw[:, :S],
                                 absent[:, :S], overall)
-
-    def _fast_path(self, pred: Tensor, sens: Tensor) -> ConstraintValues | None:
-        """The rows for two groups and a constant-coefficient statistic, or None when the
-        inputs need the general path (other layouts, or a check that fails: the general
-        path then raises with the full message). The same maths as :meth:`_compute`."""
-        if not (isinstance(pred, Tensor) and isinstance(sens, Tensor)):
-            return None
-        shape, dtype, device = pred.shape, pred.dtype, pred.device
-        if not dtype.is_floating_point or sens.device != device or not (
-                len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
-            return None
-        n = shape[0]
-        if sens.dtype == dtype and sens.shape == (n, 2):
-            member, ids = sens, None
-        elif sens.shape == (n,) and not (sens.is_floating_point() or sens.is_complex()):
-            ids = sens.long()
-            member = (ids.unsqueeze(1) == torch.arange(2, device=device)).to(dtype)
-        else:
-            return None
-        validate = self.validate
-        finite = False
-        if n and (validate is True or (validate is None and device.type == "cpu")):
-            lo, hi = torch.aminmax(member if ids is None else ids)
-            z = pred.detach()
-            # Logits: their sum is finite when every logit is (a finite sum that overflows
-            # only costs the NaN guard); probabilities: their range.
-            reads = [lo, hi, z.sum()] if self.pred == "logits" else [lo, hi, *torch.aminmax(z)]
-            if device.type == "cpu":
-                got = [x.item() for x in reads]
-            else:
-                got = torch.stack([x.to(torch.float64) for x in reads]).tolist()
-            if not (got[0] >= 0 and got[1] <= 1):
-                return None  # out of range or NaN memberships: the general path says which
-            if len(got) == 4 and not (got[2] >= 0 and got[3] <= 1):
-                return None  # probabilities out of range (or NaN)
-            finite = math.isfinite(got[2])
-            if not finite and validate is True:
-                return None
-        a, b, c, _ = self._fast
-        cached = self._fast_cache.get((device, dtype))
-        if cached is None:
-            # Column r: the coefficients of row r over the two groups (the names' order).
-            sign = [b, -b] if self.mode == "abs_diff" else [[b, -b], [-b, b]]
-            cached = self._fast_cache[(device, dtype)] = (
-                torch.tensor(sign, dtype=dtype, device=device), torch.finfo(dtype).tiny)
-        pm, tiny = cached
-        counts = member.sum(0)
-        den = counts if c == 1 else counts * c
-        # Per-row coefficients of the rows (no gradient): the difference of the group means,
-        # member @ (pm / n_g); an absent group (n_g = 0) has no member, its share is 0.
-        inv = den.clamp_min(tiny)
-        rows = member @ (pm / inv if pm.dim() == 1 else pm / inv.unsqueeze(1))
-        # An (N, 1) prediction stays a column for abs_diff: (N,) @ (N, 1) is the (1,) row.
-        column = self.mode == "abs_diff" and len(shape) == 2
-        p = self._probabilities(pred, finite, flat=not column)
-        values = rows @ p if column else p @ rows  # the only product in the autograd graph
-        if self.mode == "abs_diff":
-            values = values.abs()
-        # With both groups present the intercept a cancels in the difference; with one
-        # absent the row is inactive and its value replaced.
-        absent = den == 0
-        inactive = absent.any(0, keepdim=True)  # (1,): where() broadcasts a 0-d value
-        if self.mode == "pairwise":
-            inactive = inactive.expand(2)
-        values = torch.where(inactive, self._fill, values - self.eps)
-        return ConstraintValues(values, inactive, self._names, self.name, self.eps,
-                                (_fast_statistics, (a, b, member, inv, p)), absent,
-                                ([self._fast], p, self.short))
 
     def _probabilities(self, pred: Tensor, finite: bool, flat: bool = True) -> Tensor:
         """(N,) probabilities (``pred``'s shape unless ``flat``), differentiable. The sigmoid

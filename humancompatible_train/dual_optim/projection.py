@@ -1,7 +1,7 @@
 r"""Hard constraints: the exact per-batch projection as a dual optimizer.
 
 :class:`FairProjection` enforces group fairness *exactly on every batch* by projecting the
-batch's predictions ``z`` (the large-batch regime of seeds 000/001):
+batch's predictions ``z`` (the large-batch regime of the fairness_training examples):
 
 .. math::
 

@@ -32,8 +32,9 @@ plus ``count`` and ``base_rate`` = P(y=1). A metric with an empty denominator is
 
 :class:`MetricReport` speaks fairlearn's ``MetricFrame`` vocabulary: ``overall``, ``by_group``,
 ``group_min``, ``group_max``, ``difference(method=...)``, ``ratio(method=...)``, and the
-p%-rule :math:`\min_g PR_g / \max_g PR_g` (Zafar et al., AISTATS 2017; seed 003 reports it
-in percent for each sensitive attribute: see :meth:`MetricReport.by_attribute`).
+p%-rule :math:`\min_g PR_g / \max_g PR_g` (Zafar et al., AISTATS 2017; the classic PyTorch
+adversarial-fairness example reports it in percent for each sensitive attribute: see
+:meth:`MetricReport.by_attribute`).
 
 Under :mod:`torch.distributed` the counts are summed over the processes in :meth:`compute`
 (``process_group="auto"``: whenever a default process group is initialised with more than
@@ -182,8 +183,8 @@ class MetricReport:
 
     def by_attribute(self, attribute: str | int) -> MetricReport:
         """The report over the values of one attribute of intersectional groups (the counts of
-        the intersections summed over the other attributes), e.g. seed 003's p%-rule for race
-        and for sex separately."""
+        the intersections summed over the other attributes), e.g. the p%-rule for race and for
+        sex separately, as the classic PyTorch adversarial-fairness example reports them."""
         if self.groups is None:
             raise ValueError("attribute: this report does not know its groups' attributes")
         a, value_of = self.groups.marginal_index(attribute)

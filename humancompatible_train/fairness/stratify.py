@@ -189,7 +189,8 @@ def create_stratified_dataloaders(
     batch_size_eval: int = 1024, seed: int = 0, small_groups: str = "oversample",
     drop_last: bool = False,
 ) -> tuple[DataLoader, DataLoader]:
-    """Seed 000's helper: stratified training and validation loaders yielding ``(x, y)``.
+    """Stratified training and validation loaders yielding ``(x, y)`` (the helper of the
+    fairness_training small-batch streaming example).
 
     The groups are the values of column ``protected_attr_idx`` of ``X`` (rounded to integers),
     or the intersections of several columns when it is a sequence. The training loader uses
@@ -222,8 +223,9 @@ def create_dataloaders(
     X_train: Any, y_train: Any, X_val: Any, y_val: Any, X_test: Any, y_test: Any, *,
     batch_size_train: int = 256, batch_size_eval: int = 1024, seed: int = 0,
 ) -> tuple[DataLoader, DataLoader, DataLoader]:
-    """Seed 000's helper: a shuffled training loader (seeded), validation and test loaders in
-    order, all yielding ``(x, y)``; no stratification (e.g. streaming inference batches)."""
+    """A shuffled training loader (seeded), validation and test loaders in order, all yielding
+    ``(x, y)``; no stratification (e.g. streaming inference batches). The helper of the
+    fairness_training small-batch streaming example."""
     gen = torch.Generator().manual_seed(seed)
     train = DataLoader(TensorDataset(_tensor(X_train), _tensor(y_train)),
                        batch_size=batch_size_train, shuffle=True, generator=gen)

@@ -1,4 +1,4 @@
-"""A model with a built-in fairness layer and its trainer (the seed 000/001 workflow).
+"""A model with a built-in fairness layer and its trainer (the fairness_training workflow).
 
 ``FairModel`` is an MLP whose output goes through a fairness layer: in training, the exact
 per-batch projection (hard constraints, differentiable, so the network learns through it);
@@ -37,9 +37,10 @@ def project_batch(z: Tensor, groups: Tensor, eps: float, num_groups: int,
 class FairModel(torch.nn.Module):
     """An MLP with a fairness layer on its output (mean-prediction parity by group).
 
-    Args mirror seed 000's ``FairModel``: ``input_dim``, ``hidden_dims``, ``output_dim`` (1),
-    ``protected_attr_idx`` (the column of ``x`` holding the group id), ``prediction_bounds``,
-    ``fairness_tolerance``, ``b_tau``, ``eta_0`` and ``fairness_metric`` (``"mean_pred"``).
+    Args mirror ``FairModel`` of the fairness_training small-batch streaming example:
+    ``input_dim``, ``hidden_dims``, ``output_dim`` (1), ``protected_attr_idx`` (the column of
+    ``x`` holding the group id), ``prediction_bounds``, ``fairness_tolerance``, ``b_tau``,
+    ``eta_0`` and ``fairness_metric`` (``"mean_pred"``).
     """
 
     def __init__(

@@ -234,7 +234,8 @@ class FairInference(torch.nn.Module):
         return int(self.dual.state[self._lam]["step"])
 
     def reset(self) -> None:
-        """Zero the serving state (seed 001): multipliers, dual step count, every statistic."""
+        """Zero the serving state (as the fairness_training inference guide does): multipliers,
+        dual step count, every statistic."""
         lam = self._lam
         with torch.no_grad():
             lam.zero_()
@@ -547,7 +548,7 @@ class FairInference(torch.nn.Module):
 
     def _batch_stats(self, value: Tensor, key: Tensor, n_b: Tensor, y: Tensor | None) -> None:
         """This batch's gap (per-group means of ``value``: the served predictions, or their
-        decisions) into the weighted average of seed 001."""
+        decisions) into the weighted average of the fairness_training inference guide."""
         cnt = n_b.clamp(min=1)
         value_b = self._cell_sums(key, value) / cnt
         target_b = None if y is None else self._cell_sums(key, y) / cnt
@@ -563,7 +564,8 @@ class FairInference(torch.nn.Module):
 
     # ---------------------------------------------------------------- report
     def stats(self) -> dict[str, Any]:
-        """Serving statistics (seed 001 names); reading them synchronises with the device."""
+        """Serving statistics (named as in the fairness_training inference guide); reading them
+        synchronises with the device."""
         count = self.count.clamp(min=1)
         mean = self.out_sum / count
         value = self.positive_sum / count if self._decision else mean
@@ -614,9 +616,10 @@ class FairInference(torch.nn.Module):
                  reset_before: bool = False) -> dict[str, Any]:
         """Serve every batch of ``loader`` (``(x, y)`` or ``(x, groups, y)``) and report.
 
-        Returns seed 000's keys: ``test_loss`` (``criterion`` on the adjusted outputs, when
-        given), ``weighted_avg_fairness_gap``, ``pooled_aggregate_gap`` and the rest of
-        :meth:`stats`. The state is *not* reset unless ``reset_before=True``.
+        Returns the keys of the fairness_training small-batch streaming example: ``test_loss``
+        (``criterion`` on the adjusted outputs, when given), ``weighted_avg_fairness_gap``,
+        ``pooled_aggregate_gap`` and the rest of :meth:`stats`. The state is *not* reset unless
+        ``reset_before=True``.
         """
         if reset_before:
             self.reset()

@@ -70,7 +70,9 @@ class Tensors(Setting):
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(256, self.features, generator=gen)
         y = (torch.rand(256, 1, generator=gen) < 0.5).float()
-        self.batch = (x, torch.zeros(256, 2), y)
+        # Two groups, one-hot as fairret takes them (30 % in the second).
+        sens = torch.nn.functional.one_hot((torch.rand(256, generator=gen) < 0.3).long(), 2)
+        self.batch = (x, sens.float(), y)
 
     def batches(self) -> Callable[[], Batch]:
         return lambda: self.batch
@@ -249,10 +251,54 @@ def variants(setting: Setting, m: int) -> dict[str, Callable[[], None]]:
         out["Cooper simultaneous"] = cooper_variant()
     except ImportError:
         pass
+    if m == 1:
+        out.update(fairness_variants(training_step, bce))
     # A second, identical plain step: its ratio to the first shows the noise floor of this
     # run that every ratio above carries.
     out["plain (second copy)"] = plain()
     return out
+
+
+def fairness_variants(training_step: Callable, bce: torch.nn.Module
+                      ) -> dict[str, Callable[[], None]]:
+    """The basic-usage example's constraint (positive-rate gap of two groups minus 0.05),
+    four ways, with the same ALM: written by hand in tensor operations, through fairret's
+    statistic, through ``FairnessConstraint`` (default checks: one value read on CPU), and
+    fairret's NormLoss (a fixed penalty, no dual optimizer)."""
+    from fairret.loss import NormLoss
+    from fairret.statistic import PositiveRate
+
+    from humancompatible_train.fairness import FairnessConstraint
+
+    def hand_gap(o, s):
+        p = torch.sigmoid(o)
+        rate = (s * p).sum(0) / s.sum(0)
+        return (rate[0] - rate[1]).abs() - EPS
+
+    statistic = PositiveRate()
+
+    def fairret_gap(o, s):
+        rate = statistic(torch.sigmoid(o), s)
+        return (rate[0] - rate[1]).abs() - EPS
+
+    fc = FairnessConstraint("PositiveRate", 2, mode="abs_diff", eps=EPS)
+
+    def with_alm(gap):
+        dual = ALM(m=1, lr=0.01, is_ineq=True)
+        return training_step(lambda o, s, y: dual.forward_update(bce(o, y), gap(o, s)))
+
+    norm = NormLoss(PositiveRate())
+    return {
+        FAIR_HAND: with_alm(hand_gap),
+        "ALM + fairret PositiveRate gap": with_alm(fairret_gap),
+        FAIR_OURS: with_alm(lambda o, s: fc(o, s).values),
+        "fairret NormLoss (weight 1, no dual)": training_step(
+            lambda o, s, y: bce(o, y) + norm(o, s)),
+    }
+
+
+FAIR_HAND = "ALM + hand-written PR gap"
+FAIR_OURS = "ALM + FairnessConstraint"
 
 
 def measure(steps: dict[str, Callable[[], None]], reps: int, warmup: int,
@@ -294,6 +340,9 @@ def main() -> None:
             for k, t in med.items():
                 print(f"  {k:36s} {t * 1e6:9.1f} us   {t / base:5.3f}x plain   "
                       f"{t / pen:5.3f}x fixed penalty")
+            if FAIR_OURS in med:
+                print(f"  FairnessConstraint / hand-written gap (same ALM): "
+                      f"{med[FAIR_OURS] / med[FAIR_HAND]:5.3f}x")
 
 
 if __name__ == "__main__":

@@ -54,9 +54,13 @@ def test_fairness_tradeoff_runs_a_slice_and_resumes(tmp_path):
 
 
 def test_inference_and_projection_scripts_run():
-    out = run_script("inference.py", "--reps", "5")
-    assert [int(b) for b in re.findall(r"^\s+(\d+)\s+[\d.]+ ms", out, flags=re.MULTILINE)] == \
-        [1, 16, 64]
+    out = run_script("inference.py", "--quick", "--reps", "5")
+    assert [int(b) for b in re.findall(r"^\s+(\d+)\s+[\d.]+ us\s+[\d.]+ us\s+[\d.]+x",
+                                       out, flags=re.MULTILINE)] == [1, 16, 64]
+    # Pooled and largest prefix gap at batch 1 within eps = 0.05 (printed to 4 places).
+    within = r"0\.0(?:[0-4]\d\d|500)"
+    assert re.search(rf"^  default\s+adversarial\s+1\s+{within}\s+{within}\s", out,
+                     flags=re.MULTILINE)
     out = run_script("projection.py", "--quick")
     assert re.search(r"^\s+2,000\s+2\s+active\s+[\d.]+ ms", out, flags=re.MULTILINE)
     assert re.search(r"^\s+2,000\s+18\s+active\s+[\d.]+ ms", out, flags=re.MULTILINE)

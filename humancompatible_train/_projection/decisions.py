@@ -73,7 +73,7 @@ from torch import Tensor
 
 _RATE_TOL = 1e-12  # absolute tolerance on rates in [0, 1]
 
-__all__ = ["decision_band_project"]
+__all__ = ["decision_band_project", "decision_joint_project"]
 
 
 def decision_band_project(
@@ -85,6 +85,7 @@ def decision_band_project(
     threshold: float,
     prior_count: Tensor | None = None,
     prior_pos: Tensor | None = None,
+    bounds: tuple[float, float] | None = None,
 ) -> Tensor:
     r"""Closest scores (squared distance) whose pooled positive rates fit a band of width ``eps``.
 
@@ -99,61 +100,132 @@ def decision_band_project(
         prior_count: (C, S) samples already served per cell (default 0).
         prior_pos: (C, S) positive decisions already served per cell (default 0); at most
             ``prior_count``.
+        bounds: optional ``(lo, hi)`` with ``lo < threshold <= hi``: every ``q`` lies in it
+            (kept items are clipped; a flip costs its distance beyond the clipped value).
 
     Returns:
-        q: (N,) tensor of ``z``'s dtype; ``q_i = z_i`` except for flipped items, which are set to
-        ``threshold`` (raised) or to the largest value below it in ``z``'s dtype (lowered).
+        q: (N,) tensor of ``z``'s dtype; ``q_i = z_i`` (clipped to the bounds) except for
+        flipped items, which are set to ``threshold`` (raised) or to the largest value below
+        it in ``z``'s dtype (lowered).
 
     See the module docstring for the problem, the argument for exactness and the handling
     of infeasible priors.
     """
     count, pos_prior = _validate(z, key, num_classes, num_groups, eps, threshold, prior_count,
-                                 prior_pos)
-    C, S = num_classes, num_groups
-    G = C * S
-    N = z.shape[0]
-    if N == 0:
+                                 prior_pos, bounds)
+    if z.shape[0] == 0:
         return z.clone()
-    dev = z.device
-    eps = min(float(eps), 1.0)  # rates lie in [0, 1]: a wider band is the same constraint
-    key = key.to(torch.long)
+    flips = _Flips(z, key, num_classes, num_groups, threshold, bounds)
+    return flips.apply(_pooled_counts(flips, min(float(eps), 1.0), count, pos_prior))
 
-    thr = torch.tensor(threshold, dtype=z.dtype, device=dev)
-    below = torch.nextafter(thr, torch.tensor(-math.inf, dtype=z.dtype, device=dev))
-    pos = z >= thr
-    zd = z.to(torch.float64)
-    flip_cost = torch.where(pos, (zd - below.to(torch.float64)) ** 2,
-                            (thr.to(torch.float64) - zd) ** 2)
 
-    # Sort by (cell, side, flip cost): segment 2g holds cell g's negatives, 2g + 1 its positives,
-    # each by increasing flip cost (negatives by decreasing z, positives by increasing z).
-    seg = key * 2 + pos.to(torch.long)
-    by_cost = torch.argsort(flip_cost, stable=True)
-    order = by_cost[torch.argsort(seg[by_cost], stable=True)]
-    seg_sorted = seg[order]
-    cell_sorted = key[order]
-    seg_size = torch.bincount(seg, minlength=2 * G)
-    seg_start = torch.cumsum(seg_size, 0) - seg_size
-    neg_start, pos_start = seg_start[0::2], seg_start[1::2]
-    k0 = seg_size[1::2]  # current positives per cell
-    n = seg_size[0::2] + k0  # batch items per cell
-    cum = torch.cat([flip_cost.new_zeros(1), torch.cumsum(flip_cost[order], 0)])
+def decision_joint_project(
+    z: Tensor,
+    key: Tensor,
+    num_classes: int,
+    num_groups: int,
+    eps: float,
+    threshold: float,
+    prior_count: Tensor | None = None,
+    prior_pos: Tensor | None = None,
+    bounds: tuple[float, float] | None = None,
+) -> Tensor:
+    r"""As :func:`decision_band_project`, and the batch's own positive rates (of the groups
+    present in it) also within ``eps`` of each other.
 
-    def cost_of(cell: Tensor, k: Tensor) -> Tensor:
+    With the batch rates :math:`k_s / n_s` in a window :math:`[a, a + arepsilon]` and the
+    pooled rates in :math:`[b, b + arepsilon]`, each group's feasible counts form an
+    integer interval (the intersection of the two windows' intervals) and its cheapest count
+    is :math:`k_s^0` clamped to it; sliding each window down until a rate meets its lower
+    end, or up until one meets its upper end, shows that an optimal pair of windows has
+    :math:`a \in \{k/n_s, k/n_s - arepsilon\}` and :math:`b \in \{R_s(k), R_s(k) -
+    arepsilon\}`. Every pair is evaluated (in chunks of ``a``). Classes where no pair
+    fits both bands fall back to the pooled band alone (the pooled promise comes first).
+    Cost :math:`O(N^2 S)` time per class, :math:`O(N S)` memory per chunk.
+    """
+    count, pos_prior = _validate(z, key, num_classes, num_groups, eps, threshold, prior_count,
+                                 prior_pos, bounds)
+    if z.shape[0] == 0:
+        return z.clone()
+    flips = _Flips(z, key, num_classes, num_groups, threshold, bounds)
+    eps = min(float(eps), 1.0)
+    pooled = _pooled_counts(flips, eps, count, pos_prior)
+    joint, ok = _joint_counts(flips, eps, count, pos_prior)
+    ok_cell = ok.repeat_interleave(num_groups)
+    return flips.apply(torch.where(ok_cell, joint, pooled))
+
+
+class _Flips:
+    """The items of a batch sorted by (cell, side, flip cost), with prefix sums of the costs:
+    the cheapest way to move a cell from ``k0`` to ``k`` positives, and the rows it gives."""
+
+    def __init__(self, z: Tensor, key: Tensor, C: int, S: int, threshold: float,
+                 bounds: tuple[float, float] | None) -> None:
+        G = C * S
+        dev = z.device
+        key = key.to(torch.long)
+        self.C, self.S, self.z, self.dev = C, S, z, dev
+        self.thr = torch.tensor(threshold, dtype=z.dtype, device=dev)
+        self.below = torch.nextafter(self.thr, torch.tensor(-math.inf, dtype=z.dtype,
+                                                            device=dev))
+        pos = z >= self.thr
+        zd = z.to(torch.float64)
+        kept = zd if bounds is None else zd.clamp(*bounds)
+        self.kept = kept.to(z.dtype)
+        # A flip costs its distance to the threshold beyond the kept (clipped) value.
+        flip_cost = torch.where(pos, (zd - self.below.to(torch.float64)) ** 2,
+                                (self.thr.to(torch.float64) - zd) ** 2) - (kept - zd) ** 2
+        # Sort by (cell, side, flip cost): segment 2g holds cell g's negatives, 2g + 1 its
+        # positives, each by increasing flip cost.
+        seg = key * 2 + pos.to(torch.long)
+        by_cost = torch.argsort(flip_cost, stable=True)
+        self.order = by_cost[torch.argsort(seg[by_cost], stable=True)]
+        self.seg_sorted = seg[self.order]
+        self.cell_sorted = key[self.order]
+        seg_size = torch.bincount(seg, minlength=2 * G)
+        self.seg_start = torch.cumsum(seg_size, 0) - seg_size
+        self.neg_start, self.pos_start = self.seg_start[0::2], self.seg_start[1::2]
+        self.k0 = seg_size[1::2]  # current positives per cell
+        self.n = seg_size[0::2] + self.k0  # batch items per cell
+        self.cum = torch.cat([flip_cost.new_zeros(1),
+                              torch.cumsum(flip_cost[self.order], 0)])
+
+    def cost_of(self, cell: Tensor, k: Tensor) -> Tensor:
         """Cheapest cost of moving ``cell`` from k0 to ``k`` positives (0 <= k <= n)."""
-        up = (k - k0[cell]).clamp(min=0)
-        down = (k0[cell] - k).clamp(min=0)
-        ns, ps = neg_start[cell], pos_start[cell]
+        up = (k - self.k0[cell]).clamp(min=0)
+        down = (self.k0[cell] - k).clamp(min=0)
+        ns, ps = self.neg_start[cell], self.pos_start[cell]
+        cum = self.cum
         return (cum[ns + up] - cum[ns]) + (cum[ps + down] - cum[ps])
 
+    def apply(self, delta: Tensor) -> Tensor:
+        """Rows with ``delta`` (G,) more positives per cell (< 0: fewer), cheapest first."""
+        N = self.z.shape[0]
+        rank = torch.arange(N, device=self.dev) - self.seg_start[self.seg_sorted]
+        is_pos = (self.seg_sorted % 2) == 1
+        d = delta[self.cell_sorted]
+        raise_it = ~is_pos & (rank < d)
+        lower_it = is_pos & (rank < -d)
+        q_sorted = torch.where(raise_it, self.thr,
+                               torch.where(lower_it, self.below, self.kept[self.order]))
+        q = torch.empty_like(self.z)
+        q[self.order] = q_sorted
+        return q
+
+
+def _pooled_counts(fl: _Flips, eps: float, count: Tensor, pos_prior: Tensor) -> Tensor:
+    """Change of positives per cell (G,) of the pooled-band problem (module docstring)."""
+    C, S, dev = fl.C, fl.S, fl.dev
+    G = C * S
+    N = fl.z.shape[0]
+    n, k0, cell_sorted = fl.n, fl.k0, fl.cell_sorted
     total = count + n.to(torch.float64).view(C, S)
     total, pos_prior = total.reshape(G), pos_prior.reshape(G)
     defined = total > 0
     safe_total = torch.where(defined, total, torch.ones_like(total))
 
     # Candidate windows: for every cell and k = 0..n_g, a = R_g(k) and a = R_g(k) - eps.
-    arange_n = torch.arange(N, device=dev)
-    item_k = arange_n - neg_start[cell_sorted] + 1  # 1..n_g within each cell
+    item_k = torch.arange(N, device=dev) - fl.neg_start[cell_sorted] + 1  # 1..n_g per cell
     cells = torch.arange(G, device=dev)
     cand_cell = torch.cat([cell_sorted, cells])
     cand_k = torch.cat([item_k, torch.zeros_like(cells)])
@@ -166,12 +238,7 @@ def decision_band_project(
 
     h = cand_class.unsqueeze(1) * S + torch.arange(S, device=dev)  # (J, S) cells
     Th, Ph, nh, k0h, vh = safe_total[h], pos_prior[h], n[h], k0[h], defined[h]
-    tol = _RATE_TOL * Th
-    lo_f = torch.ceil(a * Th - Ph - tol)
-    hi_f = torch.floor((a + eps) * Th - Ph + tol)
-    nh_f = nh.to(torch.float64)
-    lo_f = torch.minimum(lo_f.clamp(min=-1.0), nh_f + 1).to(torch.long)
-    hi_f = torch.minimum(hi_f.clamp(min=-1.0), nh_f + 1).to(torch.long)
+    lo_f, hi_f = _window(a, eps, Th, Ph, nh)
     lo, hi = lo_f.clamp(min=0), torch.minimum(hi_f, nh)
     inside = lo <= hi
     k_in = torch.where(inside, torch.maximum(lo, torch.minimum(k0h, hi)), k0h)
@@ -184,11 +251,11 @@ def decision_band_project(
         return (a - r).clamp(min=0) + (r - a - eps).clamp(min=0)
 
     d_dn, d_up = dist(k_dn), dist(k_up)
-    c_dn, c_up = cost_of(h, k_dn), cost_of(h, k_up)
+    c_dn, c_up = fl.cost_of(h, k_dn), fl.cost_of(h, k_up)
     take_dn = (d_dn < d_up - _RATE_TOL) | ((d_dn <= d_up + _RATE_TOL) & (c_dn <= c_up))
     k_sel = torch.where(inside, k_in, torch.where(take_dn, k_dn, k_up))
     gap = torch.where(inside | ~vh, 0.0, torch.where(take_dn, d_dn, d_up))
-    cost = torch.where(inside, cost_of(h, k_in), torch.where(take_dn, c_dn, c_up))
+    cost = torch.where(inside, fl.cost_of(h, k_in), torch.where(take_dn, c_dn, c_up))
 
     viol = torch.where(defined[cand_cell], gap.sum(1), math.inf)
     cost = cost.sum(1)
@@ -201,17 +268,72 @@ def decision_band_project(
     idx = torch.where(winner, torch.arange(J, device=dev), J)
     pick = torch.full((C,), J, dtype=torch.long, device=dev)
     pick = pick.scatter_reduce(0, cand_class, idx, "amin")  # every class has a winner
-    delta = (k_sel[pick].reshape(G) - k0)  # > 0: raise negatives, < 0: lower positives
+    return k_sel[pick].reshape(G) - k0  # > 0: raise negatives, < 0: lower positives
 
-    rank = arange_n - seg_start[seg_sorted]  # rank within (cell, side), cheapest first
-    is_pos = (seg_sorted % 2) == 1
-    d = delta[cell_sorted]
-    raise_it = ~is_pos & (rank < d)
-    lower_it = is_pos & (rank < -d)
-    q_sorted = torch.where(raise_it, thr, torch.where(lower_it, below, z[order]))
-    q = torch.empty_like(z)
-    q[order] = q_sorted
-    return q
+
+def _window(a: Tensor, eps: float, T: Tensor, P: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
+    """Integer counts k with (P + k) / T in [a, a + eps] (within the rate tolerance), as
+    [lo, hi] clamped to [-1, n + 1] (empty when lo > hi)."""
+    tol = _RATE_TOL * T
+    lo_f = torch.ceil(a * T - P - tol)
+    hi_f = torch.floor((a + eps) * T - P + tol)
+    nf = n.to(torch.float64)
+    lo_f = torch.minimum(lo_f.clamp(min=-1.0), nf + 1).to(torch.long)
+    hi_f = torch.minimum(hi_f.clamp(min=-1.0), nf + 1).to(torch.long)
+    return lo_f, hi_f
+
+
+_CHUNK = 1 << 20  # window pairs x groups evaluated at once
+
+
+def _joint_counts(fl: _Flips, eps: float, count: Tensor, pos_prior: Tensor
+                  ) -> tuple[Tensor, Tensor]:
+    """Change of positives per cell (G,) meeting both bands, and per class whether any pair
+    of windows fits (C,) (see :func:`decision_joint_project`)."""
+    C, S, dev = fl.C, fl.S, fl.dev
+    n, k0 = fl.n.view(C, S), fl.k0.view(C, S)
+    total = (count + n.to(torch.float64)).view(C, S)
+    pos_prior = pos_prior.view(C, S)
+    delta = torch.zeros(C, S, dtype=torch.long, device=dev)
+    found = torch.zeros(C, dtype=torch.bool, device=dev)
+    for c in range(C):
+        present = n[c] > 0
+        if int(present.sum()) < 2:
+            continue  # no batch band: the pooled problem alone is the answer
+        defined = total[c] > 0
+        nf = n[c].to(torch.float64)
+        T = torch.where(defined, total[c], 1.0)
+        ks = [torch.arange(int(m) + 1, device=dev, dtype=torch.float64) for m in n[c].tolist()]
+        a_rates = torch.cat([k / nf[s] for s, k in enumerate(ks) if bool(present[s])])
+        b_rates = torch.cat([(pos_prior[c, s] + k) / T[s] for s, k in enumerate(ks)
+                             if bool(defined[s])])
+        a_all = torch.cat([a_rates, a_rates - eps])
+        b_all = torch.cat([b_rates, b_rates - eps]).view(1, -1, 1)  # (1, Jb, 1)
+        cells = c * S + torch.arange(S, device=dev)
+        step = max(1, _CHUNK // (b_all.shape[1] * S))
+        best_cost, best_k = math.inf, None
+        for i in range(0, a_all.numel(), step):
+            a = a_all[i:i + step].view(-1, 1, 1)  # (Ja, 1, 1)
+            lo_a, hi_a = _window(a, eps, nf.clamp(min=1), torch.zeros_like(nf), n[c])
+            lo_a = torch.where(present, lo_a, 0)
+            hi_a = torch.where(present, hi_a, n[c])
+            lo_b, hi_b = _window(b_all, eps, T, pos_prior[c], n[c])
+            lo_b = torch.where(defined, lo_b, 0)
+            hi_b = torch.where(defined, hi_b, n[c])
+            lo = torch.maximum(torch.maximum(lo_a, lo_b), torch.zeros_like(lo_a))
+            hi = torch.minimum(torch.minimum(hi_a, hi_b), n[c])
+            # (Ja, Jb, S); kept within 0..n where the pair is infeasible (masked below).
+            k = torch.minimum(torch.maximum(lo, torch.minimum(k0[c], hi)), n[c])
+            cost = fl.cost_of(cells.expand_as(k), k).sum(-1)
+            cost = torch.where((lo <= hi).all(-1), cost, math.inf)
+            j = int(cost.argmin())
+            c_min = float(cost.view(-1)[j])
+            if c_min < best_cost:
+                best_cost, best_k = c_min, k.view(-1, S)[j]
+        if best_k is not None:
+            delta[c] = best_k - k0[c]
+            found[c] = True
+    return delta.view(-1), found
 
 
 def _validate(
@@ -223,6 +345,7 @@ def _validate(
     threshold: float,
     prior_count: Tensor | None,
     prior_pos: Tensor | None,
+    bounds: tuple[float, float] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Check the arguments; return the priors as (C, S) float64 tensors on ``z``'s device."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -234,6 +357,15 @@ def _validate(
     if (isinstance(threshold, bool) or not isinstance(threshold, Real)
             or not math.isfinite(threshold)):
         raise ValueError(f"threshold must be a finite real number, got {threshold!r}")
+    if bounds is not None:
+        try:
+            lo, hi = (float(v) for v in bounds)
+        except (TypeError, ValueError):
+            raise ValueError(f"bounds: expected a pair (lo, hi) of numbers, got {bounds!r}"
+                             ) from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < threshold <= hi):
+            raise ValueError(f"bounds: expected finite (lo, hi) with lo < threshold <= hi "
+                             f"(threshold {threshold}), got {bounds!r}")
     if not isinstance(z, Tensor) or not z.is_floating_point() or z.dim() != 1:
         got = f"{z.dtype} tensor of shape {tuple(z.shape)}" if isinstance(z, Tensor) else (
             type(z).__name__)

@@ -1,12 +1,18 @@
-"""Group membership in every accepted layout, reduced to one integer id or one-hot row each.
+"""Group membership in every accepted layout, reduced to one ``(N, S)`` membership matrix.
 
 Accepted layouts of ``sens`` for :math:`S` groups (one attribute) or the intersections of
 attributes with :math:`k_1, \\dots, k_A` values (:math:`S = \\prod_a k_a`):
 
-* integer group ids, shape ``(N,)`` or ``(N, 1)``;
-* fairret's float ``(N, S)`` membership (one-hot; soft memberships are used as weights);
-* for intersections: one id column per attribute, shape ``(N, A)``, or the attributes' one-hot
-  blocks side by side as fairret takes them, shape ``(N, k_1 + ... + k_A)``.
+* integer (or bool) group ids, shape ``(N,)`` or ``(N, 1)``, each in ``0..S-1``;
+* a membership ``(N, S)`` as fairret takes it: one-hot, or soft (or overlapping) weights in
+  ``[0, 1]``, used as weights;
+* for intersections: one integer id column per attribute, shape ``(N, A)``, or the
+  attributes' one-hot blocks side by side as fairret takes them, shape ``(N, k_1 + ... + k_A)``.
+
+Float ids are refused, not rounded (``0.4`` is no group): convert whole-number ids with
+``.long()``. Shapes and dtypes are always checked; values (ids in range, weights in
+``[0, 1]``, one-hot blocks) as ``validate`` says (see :mod:`._checks`: by default on CPU
+tensors, where the read costs no device synchronisation).
 
 The intersection of attribute values :math:`(v_1, \\dots, v_A)` has id
 :math:`((v_1 k_2 + v_2) k_3 + v_3) \\dots` (row-major), and is named ``"v1&v2&..."``.
@@ -14,16 +20,29 @@ The intersection of attribute values :math:`(v_1, \\dots, v_A)` has id
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from .._validation import check_int, fail
+from ._checks import Reads, Shown, check_validate, kind
+
 __all__ = ["Groups", "GroupsLike"]
 
 #: What the constructors of the fairness classes accept as ``groups``.
 GroupsLike = Sequence[str] | int | Mapping[str, Sequence[str]]
+
+_GROUPS_WHAT = "group names, a number of groups (an int >= 2) or {attribute: value names}"
+
+
+def _names(values: object, arg: str) -> tuple[str, ...]:
+    """Names from a sequence (strings are refused: ``"fm"`` is not two names)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise fail(arg, _GROUPS_WHAT, values)
+    return tuple(str(v) for v in values)
 
 
 @dataclass(frozen=True)
@@ -51,38 +70,34 @@ class Groups:
     @classmethod
     def named(cls, names: Sequence[str] | int, arg: str = "groups") -> Groups:
         """One attribute: ``names`` of its groups, or their number (named ``g0, g1, ...``)."""
+        if isinstance(names, numbers.Integral) and not isinstance(names, bool):
+            count = check_int(arg, names, minimum=2)
+            names = [f"g{i}" for i in range(count)]
         if isinstance(names, bool):
-            raise ValueError(f"{arg}: expected group names or a number of groups, got {names!r}")
-        if isinstance(names, int):
-            names = [f"g{i}" for i in range(names)]
-        if isinstance(names, str):
-            raise ValueError(f"{arg}: expected a sequence of group names, got the string "
-                             f"{names!r}")
-        names = tuple(str(n) for n in names)
+            raise fail(arg, _GROUPS_WHAT, names)
+        names = _names(names, arg)
         if len(names) < 2:
-            raise ValueError(f"{arg}: expected at least 2 groups, got {list(names)}")
+            raise fail(arg, "at least 2 groups", list(names))
         if len(set(names)) != len(names):
-            raise ValueError(f"{arg}: names must be unique, got {list(names)}")
+            raise fail(arg, "unique group names", list(names))
         return cls(names, (len(names),), ("group",), (names,))
 
     @classmethod
     def intersections(cls, attributes: Mapping[str, Sequence[str]], arg: str = "groups"
                       ) -> Groups:
         """Several attributes ``{attribute: value names}``: every combination is a group."""
-        values = [tuple(str(v) for v in vals) for vals in attributes.values()]
+        values = [_names(vals, f"{arg}[{attr!r}]") for attr, vals in attributes.items()]
         if not values or any(len(v) < 1 for v in values):
-            raise ValueError(f"{arg}: expected each attribute to list its values, "
-                             f"got {dict(attributes)!r}")
+            raise fail(arg, "each attribute listing its values", dict(attributes))
         for attr, vals in zip(attributes, values):
             if len(set(vals)) != len(vals):
-                raise ValueError(f"{arg}: values of attribute {attr!r} must be unique, got "
-                                 f"{list(vals)}")
+                raise fail(f"{arg}[{attr!r}]", "unique value names", list(vals))
         names = [""]
         for vals in values:
             names = [f"{a}&{b}" if a else b for a in names for b in vals]
         if len(names) < 2:
-            raise ValueError(f"{arg}: the intersections of {dict(attributes)!r} give fewer "
-                             "than 2 groups")
+            raise fail(arg, "attributes whose intersections give at least 2 groups",
+                       dict(attributes))
         return cls(tuple(names), tuple(len(v) for v in values),
                    tuple(str(a) for a in attributes), tuple(values))
 
@@ -95,41 +110,120 @@ class Groups:
     def is_intersectional(self) -> bool:
         return len(self.sizes) > 1
 
-    def ids(self, sens: Tensor, arg: str = "sens") -> Tensor:
-        """Integer group ids ``(N,)`` from any accepted layout (see the module).
+    # ------------------------------------------------------------------ memberships
+    def one_hot(self, sens: Tensor, dtype: torch.dtype, arg: str = "sens",
+                validate: bool | None = None) -> Tensor:
+        """``(N, S)`` membership of ``dtype`` from any accepted layout (see the module); a
+        membership given as ``(N, S)`` is used as is (soft weights too)."""
+        reads = Reads(check_validate(validate), _device(sens, arg))
+        member = self.membership(sens, dtype, reads, arg)
+        reads.run()
+        return member
 
-        Ids out of range raise a ``ValueError`` on CPU tensors; on accelerators the check would
-        synchronise with the host, so it is skipped there and such rows belong to no group.
-        """
-        if not isinstance(sens, Tensor):
-            raise ValueError(f"{arg}: expected a tensor, got {type(sens).__name__}")
+    def ids(self, sens: Tensor, arg: str = "sens", validate: bool | None = None) -> Tensor:
+        """Integer group ids ``(N,)`` from any accepted layout (a membership ``(N, S)`` gives
+        each row its largest-weight group)."""
+        reads = Reads(check_validate(validate), _device(sens, arg))
+        integral = not (sens.is_floating_point() or sens.is_complex())
+        if integral and (sens.dim() == 1 or (sens.dim() == 2 and sens.shape[1] == 1)):
+            ids = sens.reshape(-1).long()
+            self._check_ids(ids, reads, arg)
+        elif integral and sens.dim() == 2 and len(self.sizes) > 1 \
+                and sens.shape[1] == len(self.sizes):
+            ids = self._from_columns(sens.long(), reads, arg)
+        else:
+            ids = self.membership(sens, torch.float32, reads, arg).argmax(dim=1)
+        reads.run()
+        return ids
+
+    def membership(self, sens: Tensor, dtype: torch.dtype, reads: Reads, arg: str = "sens"
+                   ) -> Tensor:
+        """``(N, S)`` membership; value checks are registered with ``reads`` (not run)."""
+        _device(sens, arg)
         A, S, width = len(self.sizes), self.S, sum(self.sizes)
-        if sens.dim() == 2 and sens.shape[1] > 1:
-            cols = sens.shape[1]
-            if sens.is_floating_point() or sens.dtype == torch.bool:
-                x = sens.to(torch.get_default_dtype()) if sens.dtype == torch.bool else sens
-                if cols == S and A > 1 and cols == width:
-                    # (2, 2) attributes: 4 intersection columns or 2 + 2 attribute columns.
-                    # Side-by-side blocks sum to A per row, an intersection one-hot to 1.
-                    return torch.where(x.sum(1) > 1.5, self._decode_blocks(x), x.argmax(1))
-                if cols == S:
-                    return x.argmax(dim=1)
-                if A > 1 and cols == width:
-                    return self._decode_blocks(x)
-            if A > 1 and cols == A:
-                return self._from_columns(sens.round().long() if sens.is_floating_point()
-                                          else sens.long(), arg)
-            if A == 1 and cols == S and not sens.is_floating_point():
-                return sens.argmax(dim=1)
-        elif sens.dim() == 1 or (sens.dim() == 2 and sens.shape[1] == 1):
-            ids = sens.reshape(-1)
-            ids = ids.round().long() if ids.is_floating_point() else ids.long()
-            self._check_range(ids, torch.tensor(S, device=ids.device), arg)
-            return ids
-        extra = (f", one id column per attribute (N, {A}) or one-hot blocks side by side "
-                 f"(N, {width})") if A > 1 else ""
-        raise ValueError(f"{arg}: expected group ids (N,) or membership (N, {S}){extra}; got "
-                         f"shape {tuple(sens.shape)} ({sens.dtype})")
+        if sens.is_complex():
+            raise self._layout_error(sens, arg)
+        integral = not sens.is_floating_point()
+        if sens.dim() == 1 or (sens.dim() == 2 and sens.shape[1] == 1):
+            if not integral:
+                raise fail(arg, f"integer group ids (N,) or a float membership (N, {S})",
+                           Shown(f"{sens.dtype} values of shape {tuple(sens.shape)} (float ids "
+                                 "are not rounded: convert whole-number ids with .long())"))
+            ids = sens.reshape(-1).long()
+            self._check_ids(ids, reads, arg)
+            return self._onehot_ids(ids, dtype)
+        if sens.dim() != 2:
+            raise self._layout_error(sens, arg)
+        cols = sens.shape[1]
+        if integral and A > 1 and cols == A:
+            return self._onehot_ids(self._from_columns(sens.long(), reads, arg), dtype)
+        if cols == S:
+            x = sens.to(dtype)
+            reads.span(arg, x.detach(), 0.0, 1.0, "memberships",
+                       hint=" (one-hot or soft weights)")
+            if A > 1 and S == width:
+                # (2, 2) attributes: 4 intersection columns or 2 + 2 attribute columns.
+                # Side-by-side blocks sum to A per row, an intersection one-hot to 1.
+                blocks = self._onehot_ids(self._decode_blocks(x), dtype)
+                return torch.where(x.sum(1, keepdim=True) > 1.5, blocks, x)
+            return x
+        if A > 1 and cols == width:
+            x = sens.to(dtype)
+            self._check_blocks(x, reads, arg)
+            return self._onehot_ids(self._decode_blocks(x), dtype)
+        if A > 1 and cols == A:
+            raise fail(arg, f"integer id columns (N, {A})",
+                       Shown(f"{sens.dtype} columns (float ids are not rounded: convert "
+                             "whole-number ids with .long())"))
+        raise self._layout_error(sens, arg)
+
+    def _layout_error(self, sens: Tensor, arg: str) -> ValueError:
+        A, S, width = len(self.sizes), self.S, sum(self.sizes)
+        extra = (f", integer id columns (N, {A}) or one-hot blocks side by side (N, {width})"
+                 if A > 1 else "")
+        return fail(arg, f"integer group ids (N,) or a membership (N, {S}){extra}",
+                    Shown(f"shape {tuple(sens.shape)} ({sens.dtype})"))
+
+    def _check_ids(self, ids: Tensor, reads: Reads, arg: str) -> None:
+        S, names = self.S, list(self.names)
+
+        def message() -> str:
+            bad = sorted(set(ids[(ids < 0) | (ids >= S)].tolist()))
+            return f"{arg}: expected group ids in 0..{S - 1} ({names}), got {bad[:10]}"
+
+        reads.span(arg, ids, 0, S - 1, "group ids", message)
+
+    def _from_columns(self, ids: Tensor, reads: Reads, arg: str) -> Tensor:
+        if reads.enabled and ids.numel():
+            upper = torch.tensor(self.sizes, device=ids.device)
+            bad = ((ids < 0) | (ids >= upper)).any(1)
+            sizes = dict(zip(self.attributes, self.sizes))
+
+            def message() -> str:
+                rows = sorted({tuple(r) for r in ids[bad].tolist()})
+                return (f"{arg}: expected attribute ids in 0..k-1 for k = {sizes}, got rows "
+                        f"{rows[:10]}")
+
+            reads.flag(bad.any(), message)
+        flat = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
+        for a, size in enumerate(self.sizes):
+            flat = flat * size + ids[:, a]
+        return flat
+
+    def _check_blocks(self, x: Tensor, reads: Reads, arg: str) -> None:
+        if not reads.enabled or x.numel() == 0:
+            return
+        reads.finite(arg, x.detach(), "memberships")
+        ones = torch.stack([b.sum(1) for b in x.split(list(self.sizes), dim=1)], 1)
+        bad = ((x != 0) & (x != 1)).any(1) | (ones != 1).any(1)
+        sizes = dict(zip(self.attributes, self.sizes))
+
+        def message() -> str:
+            row = int(bad.nonzero()[0, 0])
+            return (f"{arg}: expected one-hot blocks side by side (one 1 per attribute, sizes "
+                    f"{sizes}), got {x[row].tolist()} at row {row}")
+
+        reads.flag(bad.any(), message)
 
     def _decode_blocks(self, x: Tensor) -> Tensor:
         flat = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
@@ -137,57 +231,25 @@ class Groups:
             flat = flat * size + block.argmax(dim=1)
         return flat
 
-    def _from_columns(self, ids: Tensor, arg: str) -> Tensor:
-        self._check_range(ids, torch.tensor(self.sizes, device=ids.device), arg)
-        flat = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
-        for a, size in enumerate(self.sizes):
-            flat = flat * size + ids[:, a]
-        return flat
-
-    def _check_range(self, ids: Tensor, upper: Tensor, arg: str) -> None:
-        if ids.device.type != "cpu" or ids.numel() == 0:
-            return
-        bad = (ids < 0) | (ids >= upper)
-        if bad.dim() > 1:
-            bad = bad.any(-1)
-        if bool(bad.any()):
-            rows = ids[bad].tolist()
-            vals = sorted({tuple(r) if isinstance(r, list) else r for r in rows})
-            if len(self.sizes) == 1:
-                raise ValueError(f"{arg}: group ids must lie in 0..{self.S - 1} "
-                                 f"({list(self.names)}), got {vals[:10]}")
-            raise ValueError(f"{arg}: attribute ids must lie in 0..k-1 for k = "
-                             f"{dict(zip(self.attributes, self.sizes))}, got rows {vals[:10]}")
-
-    def one_hot(self, sens: Tensor, dtype: torch.dtype, arg: str = "sens") -> Tensor:
-        """``(N, S)`` membership. A float ``(N, S)`` input is used as is (fairret's layout, which
-        also allows soft memberships); ids out of range give an all-zero row (no group)."""
-        if not isinstance(sens, Tensor):
-            raise ValueError(f"{arg}: expected a tensor, got {type(sens).__name__}")
-        if sens.is_floating_point() and sens.dim() == 2 and sens.shape[1] == self.S:
-            x = sens.to(dtype)
-            if len(self.sizes) > 1 and self.S == sum(self.sizes):
-                blocks = self._onehot_ids(self._decode_blocks(x), dtype)
-                return torch.where(x.sum(1, keepdim=True) > 1.5, blocks, x)
-            return x
-        return self._onehot_ids(self.ids(sens, arg), dtype)
-
     def _onehot_ids(self, ids: Tensor, dtype: torch.dtype) -> Tensor:
+        # Ids out of range (possible only when values are not read) belong to no group.
         return (ids.unsqueeze(1) == torch.arange(self.S, device=ids.device)).to(dtype)
 
     def marginal_index(self, attribute: str | int) -> tuple[int, list[int]]:
         """(position of the attribute, value id of that attribute for every group)."""
         if isinstance(attribute, str):
             if attribute not in self.attributes:
-                raise ValueError(f"attribute: expected one of {list(self.attributes)}, got "
-                                 f"{attribute!r}")
+                raise fail("attribute", f"one of {list(self.attributes)}", attribute)
             a = self.attributes.index(attribute)
         else:
-            if not 0 <= attribute < len(self.sizes):
-                raise ValueError(f"attribute: expected an index in 0..{len(self.sizes) - 1}, "
-                                 f"got {attribute!r}")
-            a = int(attribute)
+            a = check_int("attribute", attribute, minimum=0, maximum=len(self.sizes) - 1)
         inner = 1
         for size in self.sizes[a + 1:]:
             inner *= size
         return a, [(g // inner) % self.sizes[a] for g in range(self.S)]
+
+
+def _device(sens: object, arg: str) -> torch.device:
+    if not isinstance(sens, Tensor):
+        raise fail(arg, "a tensor", kind(sens))
+    return sens.device

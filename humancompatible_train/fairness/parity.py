@@ -23,9 +23,17 @@ overall statistic :math:`\gamma` is computed over every row of the batch. Row na
 ``PR[female] - PR[male]`` follow the order of the values, which is the order of the dual
 optimizer's multipliers.
 
+**Cost.** The numerators and denominators of every statistic and group come from one matrix
+product :math:`L^\top M` of the batch's linear terms :math:`L` (one column per numerator or
+denominator that depends on the batch) and its ``(N, S)`` membership :math:`M`; the rows are
+then a few element-wise operations on ``(K, S)`` tensors, with precomputed index tensors
+(plain differences for two groups). No step reads a tensor on the host unless ``validate``
+asks for it (by default only on CPU, where a read synchronises nothing).
+
 **Absent groups.** A group whose denominator is zero in a batch (absent, or e.g. without
 positive labels for TPR) has no statistic there: fairret reports 0, which would read as a
-violation. Here every row involving it is *inactive*:
+violation. Here its statistic is NaN, :attr:`ConstraintValues.absent` marks it, and every row
+involving it is *inactive*:
 
 * ``inactive="zero"`` (default): its value is a detached 0. A plain projected dual step
   :math:`\lambda \leftarrow [\lambda + \eta \cdot 0]_+` leaves the multiplier unchanged,
@@ -36,8 +44,16 @@ violation. Here every row involving it is *inactive*:
   masks it out of the dual step (multipliers and buffers untouched) and out of the
   Lagrangian. (With the default ``check_finite=True`` the dual optimizer raises instead.)
 
-:class:`ConstraintValues` reports which rows were inactive. No step of the computation reads
-a tensor on the host, so it does not synchronise an accelerator.
+**Non-finite inputs: NaN is never fair.** A NaN or infinite prediction (logit or
+probability) or label makes the statistic of every group NaN (the sums are matrix products,
+where :math:`0 \cdot \mathrm{NaN} = \mathrm{NaN}`), a non-finite membership weight that of its
+group; every row comparing a NaN statistic is NaN and *active* (a NaN is not an absent
+group). Absence takes precedence: a row that involves an absent group stays inactive. So the
+dual optimizer's default ``check_finite=True`` raises naming the constraint group and row,
+``check_finite=False`` masks the rows explicitly, and a report built from the rows
+(:meth:`ConstraintValues.largest_gap`) is NaN -- never a satisfied constraint. The overall
+statistic is NaN for a non-finite prediction or label. Pass ``validate=True`` for an error at
+the constraint itself.
 
 **Proxy constraints.** :meth:`FairnessConstraint.decisions` computes the same rows on the
 thresholded decisions :math:`[p \ge t]`: non-differentiable, but what decision-level fairness
@@ -50,97 +66,40 @@ JMLR 2019)::
 
 from __future__ import annotations
 
-import inspect
 import logging
-from dataclasses import dataclass
+import math
 from typing import Any
 
 import torch
-from fairret.statistic import LinearFractionalStatistic, StackedLinearFractionalStatistic
+from fairret.statistic import LinearFractionalStatistic
 from torch import Tensor
 
+from .._validation import check_choice, check_real, fail
+from ._checks import Reads, Shown, check_validate, kind
+from ._statistics import STATISTICS, parts_of, statistic_by_name, takes_arguments
+from .constraint_values import (
+    Coef,
+    ConstraintValues,
+    is_linear,
+    is_real,
+    linear_combination,
+    linear_statistics,
+    ratio_statistics,
+)
 from .groups import Groups, GroupsLike
 
 __all__ = ["ConstraintValues", "FairnessConstraint", "statistic_by_name", "STATISTICS"]
 
 logger = logging.getLogger("humancompatible_train")
 
-#: Short names used in row names, and the classes they stand for.
-STATISTICS = {
-    "PositiveRate": "PR",
-    "TruePositiveRate": "TPR",
-    "FalsePositiveRate": "FPR",
-    "PositivePredictiveValue": "PPV",
-    "FalseOmissionRate": "FOR",
-    "Accuracy": "ACC",
-    "FScore": "F",
-    "FalseNegativeFalsePositiveFraction": "FNFP",
-}
 _MODES = ("pairwise", "overall", "max_gap", "abs_diff")
 _INACTIVE = ("zero", "nan")
 
 
-def statistic_by_name(name: str) -> LinearFractionalStatistic:
-    """A fairret statistic from its class name; ``"A+B"`` stacks several."""
-    import fairret.statistic as fs
-
-    if not isinstance(name, str):
-        raise ValueError(f"statistic: expected a name, got {type(name).__name__}")
-    parts = [p.strip() for p in name.split("+")]
-    stats = []
-    for p in parts:
-        cls = getattr(fs, p, None)
-        if p not in STATISTICS or cls is None:
-            raise ValueError(f"statistic: expected one of {sorted(STATISTICS)} (or several "
-                             f"joined by '+'), got {p!r}")
-        stats.append(cls())
-    return stats[0] if len(stats) == 1 else StackedLinearFractionalStatistic(*stats)
-
-
-def _parts(stat: LinearFractionalStatistic) -> list[LinearFractionalStatistic]:
-    """The statistics of a (possibly nested) stack, in order."""
-    if isinstance(stat, StackedLinearFractionalStatistic):
-        return [q for p in stat.statistics for q in _parts(p)]
-    return [stat]
-
-
-def _takes_arguments(stat: LinearFractionalStatistic) -> bool | None:
-    """Whether the statistic's canonical form takes arguments (labels); None if unknown."""
-    sig = getattr(type(stat), "expected_signature", None)
-    if not isinstance(sig, inspect.Signature):
-        return None
-    params = [p for p in sig.parameters.values() if p.name != "self"]
-    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
-
-
-@dataclass
-class ConstraintValues:
-    """One batch's constraint rows (inequalities, ``<= 0``) and what they came from.
-
-    Pass :attr:`values` (or :meth:`as_dict` when the dual optimizer has several named groups)
-    to the dual optimizer.
-    """
-
-    values: Tensor  #: (m,) differentiable where active; detached 0 (or NaN) where inactive
-    active: Tensor  #: (m,) bool: every group the row involves has a defined statistic
-    names: list[str]  #: (m,) row names, e.g. ``"PR[female] - PR[male]"``
-    statistics: Tensor  #: (K, S) per-group statistics (0 where undefined)
-    defined: Tensor  #: (K, S) bool: the group's denominator was positive in the batch
-    overall: Tensor  #: (K,) the statistic over the whole batch
-    group: str = "fairness"  #: the dual optimizer's constraint group these rows belong to
-
-    @property
-    def inactive_names(self) -> list[str]:
-        """Names of the rows that contributed nothing (reads ``active`` on the host)."""
-        return [n for n, a in zip(self.names, self.active.tolist()) if not a]
-
-    def as_dict(self) -> dict[str, Tensor]:
-        """``{group: values}``: the dual optimizer's dict layout."""
-        return {self.group: self.values}
-
-    def named(self) -> dict[str, float]:
-        """``{row name: value}`` for logging (reads the values on the host)."""
-        return dict(zip(self.names, self.values.detach().tolist()))
+def _fast_statistics(a: float, b: float, member: Tensor, inv: Tensor, p: Tensor) -> Tensor:
+    """(1, 2) statistics of the fast path: a n_g / d_g + b (s_g . p) / d_g per group, for
+    the membership ``member`` and the safe denominators ``inv`` = d_g."""
+    return ((a * member.sum(0) + b * (p.reshape(-1) @ member)) / inv).unsqueeze(0)
 
 
 class FairnessConstraint:
@@ -154,7 +113,7 @@ class FairnessConstraint:
         groups: group names (one attribute), a number of groups, or ``{attribute: values}``
             whose intersections become the groups.
         mode: ``"pairwise"``, ``"overall"``, ``"max_gap"`` or ``"abs_diff"`` (see the module).
-        eps: the tolerance :math:`\varepsilon \ge 0`.
+        eps: the tolerance :math:`\varepsilon \ge 0`, finite.
         pred: ``"logits"`` (default, as fairret's losses) or ``"probabilities"``.
         threshold: decision threshold on probabilities for :meth:`decisions`
             (decision :math:`= [p \ge t]`).
@@ -163,6 +122,14 @@ class FairnessConstraint:
             out of the dual step entirely, momentum buffers included).
         name: the name of the dual optimizer's constraint group (:meth:`add_to`,
             :meth:`ConstraintValues.as_dict`).
+        validate: checks of the batch's *values* (shapes and dtypes are always checked, for
+            free): group ids in range, membership weights in [0, 1], labels in [0, 1] for
+            fairret's statistics (they weigh rows by them), probabilities in [0, 1].
+            ``None`` (default): on CPU tensors (one read, a few microseconds), not on
+            accelerators (no host synchronisation in the training step); non-finite values
+            are not errors here, they make the rows NaN (see the module). ``True``: on every
+            device (one host read per call), and non-finite values raise here. ``False``:
+            never.
 
     ``constraint(pred, sens, labels)`` returns :class:`ConstraintValues`; pass ``.values`` to
     ``dual.forward_update(loss, ...)``. ``constraint.decisions(...)`` gives the same rows on
@@ -180,50 +147,75 @@ class FairnessConstraint:
         threshold: float = 0.5,
         inactive: str = "zero",
         name: str | None = None,
+        validate: bool | None = None,
     ) -> None:
         if isinstance(statistic, str):
             statistic = statistic_by_name(statistic)
         elif isinstance(statistic, type):
             if not issubclass(statistic, LinearFractionalStatistic):
-                raise ValueError(f"statistic: expected a fairret LinearFractionalStatistic, "
-                                 f"got the class {statistic.__name__}")
+                raise fail("statistic", "a fairret LinearFractionalStatistic",
+                           Shown(f"the class {statistic.__name__}"))
             statistic = statistic()
         if not isinstance(statistic, LinearFractionalStatistic):
-            raise ValueError(f"statistic: expected a fairret LinearFractionalStatistic, got "
-                             f"{type(statistic).__name__}")
-        if mode not in _MODES:
-            raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-            raise ValueError(f"eps: expected a number >= 0, got {eps!r}")
-        if pred not in ("logits", "probabilities"):
-            raise ValueError(f"pred: expected 'logits' or 'probabilities', got {pred!r}")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
-                or not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold: expected a probability in [0, 1], got {threshold!r}")
-        if inactive not in _INACTIVE:
-            raise ValueError(f"inactive: expected one of {_INACTIVE}, got {inactive!r}")
+            raise fail("statistic", "a fairret LinearFractionalStatistic", kind(statistic))
+        self.mode = check_choice("mode", mode, _MODES)
+        self.eps = eps
+        self.pred = check_choice("pred", pred, ("logits", "probabilities"))
+        self.threshold = threshold
+        self.inactive = check_choice("inactive", inactive, _INACTIVE)
+        self.validate = check_validate(validate)
         self.groups = Groups.parse(groups)
         if mode == "abs_diff" and self.groups.S != 2:
             raise ValueError(f"mode 'abs_diff' compares exactly 2 groups, got {self.groups.S}: "
                              f"{list(self.groups.names)}; use 'pairwise' or 'max_gap'")
         self.statistic = statistic
-        self.parts = _parts(statistic)
+        self.parts = parts_of(statistic)
         self.short = [STATISTICS.get(type(p).__name__, type(p).__name__) for p in self.parts]
-        self._takes = [_takes_arguments(p) for p in self.parts]
+        self._takes = [takes_arguments(p) for p in self.parts]
         self.needs_labels = any(t is True for t in self._takes)
-        self.mode = mode
-        self.eps = float(eps)
-        self.pred = pred
-        self.threshold = float(threshold)
-        self.inactive = inactive
+        self._labels_unused = all(t is False for t in self._takes)
+        # fairret's own statistics weigh rows by their labels: those must lie in [0, 1].
+        self._label_weights = any(t is True and type(p).__module__.startswith("fairret.")
+                                  for p, t in zip(self.parts, self._takes))
         self.name = str(name) if name is not None else f"{'+'.join(self.short)} {mode}"
+        # The canonical-form coefficients of a statistic without arguments are constants.
+        self._coef = [None if t is not False else (p.num_intercept(), p.num_slope(),
+                                                     p.denom_intercept(), p.denom_slope())
+                      for p, t in zip(self.parts, self._takes)]
         self._rows = self._row_index()
+        self._names = tuple(self._rows[0])
+        self._two_groups = self.groups.S == 2 and mode in ("abs_diff", "pairwise")
+        self._fill = torch.nan if inactive == "nan" else 0.0
+        # The fast path: two groups and a statistic of constant coefficients without
+        # labels (the positive rate) -- a few tensor operations, one of them in the graph.
+        coef = self._coef[0] if len(self._coef) == 1 else None
+        self._fast = coef if (self._two_groups and coef is not None and is_linear([coef])
+                              and all(is_real(c) for c in coef)) else None
+        self._fast_cache: dict[tuple[torch.device, torch.dtype], tuple[Tensor, float]] = {}
         self._index_cache: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
         logger.debug("%r: rows %s", self, self.names)
 
     def __repr__(self) -> str:
         return (f"FairnessConstraint({'+'.join(self.short)}, groups={list(self.groups.names)}, "
                 f"mode={self.mode!r}, eps={self.eps}, m={self.m})")
+
+    @property
+    def eps(self) -> float:
+        r"""The tolerance :math:`\varepsilon` (finite, >= 0; checked whenever it is set)."""
+        return self._eps
+
+    @eps.setter
+    def eps(self, value: float) -> None:
+        self._eps = check_real("eps", value, low=0.0)
+
+    @property
+    def threshold(self) -> float:
+        """The decision threshold of :meth:`decisions` (in [0, 1]; checked whenever set)."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self._threshold = check_real("threshold", value, low=0.0, high=1.0)
 
     @property
     def statistic_names(self) -> list[str]:
@@ -282,91 +274,224 @@ class FairnessConstraint:
             lam = dual.duals
         return dict(zip(self.names, lam.detach().tolist()))
 
-    # ------------------------------------------------------------------ values
-    def _probabilities(self, pred: Tensor) -> Tensor:
+    # ------------------------------------------------------------------ inputs
+    def _inputs(self, pred: Tensor, sens: Tensor, labels: Tensor | None
+                ) -> tuple[Tensor, Tensor, Tensor | None, bool]:
+        """(pred (N, 1) detached, membership (N, S), labels (N, 1) or None, whether the
+        values were read and found finite); every check runs here, before any computation."""
         if not isinstance(pred, Tensor) or not pred.is_floating_point():
-            raise ValueError(f"pred: expected a floating tensor of {self.pred}, got "
-                             f"{getattr(pred, 'dtype', type(pred).__name__)}")
+            raise fail("pred", f"a floating tensor of {self.pred}", kind(pred))
         if pred.dim() > 2 or (pred.dim() == 2 and pred.shape[1] != 1):
-            raise ValueError(f"pred: expected shape (N,) or (N, 1), got {tuple(pred.shape)}")
-        p = pred.reshape(-1, 1)
-        return torch.sigmoid(p) if self.pred == "logits" else p
+            raise fail("pred", "shape (N,) or (N, 1)", tuple(pred.shape))
+        z = pred.detach().reshape(-1, 1)
+        n, device = z.shape[0], z.device
+        reads = Reads(self.validate, device)
+        if not isinstance(sens, Tensor):
+            raise fail("sens", "a tensor", kind(sens))
+        if sens.device != device:
+            raise fail("sens", f"a tensor on pred's device {device}",
+                       Shown(f"device {sens.device}"))
+        member = self.groups.membership(sens, z.dtype, reads)
+        if member.shape[0] != n:
+            raise fail("sens", f"{n} rows (one per prediction)", member.shape[0])
+        y = self._labels(labels, n, z, reads)
+        if self.pred == "probabilities":
+            reads.span("pred", z, 0.0, 1.0, "probabilities",
+                       hint=" (pass pred='logits' for logits)")
+        else:
+            reads.finite("pred", z, "logits")
+        reads.run()
+        return z, member, y, reads.proven_finite
 
-    def _labels(self, labels: Tensor | None, n: int, dtype: torch.dtype) -> Tensor | None:
+    def _labels(self, labels: Tensor | None, n: int, z: Tensor, reads: Reads | None
+                ) -> Tensor | None:
+        """(N, 1) labels for the statistics, checked; None when no statistic takes them
+        (labels given anyway get the free checks only: their values are never used)."""
         if labels is None:
             if self.needs_labels:
-                raise ValueError(f"labels: statistic(s) {self.short} need labels, got None")
+                raise fail("labels", f"labels for statistic(s) {self.short}", None)
             return None
-        if not isinstance(labels, Tensor):
-            raise ValueError(f"labels: expected a tensor, got {type(labels).__name__}")
+        if not isinstance(labels, Tensor) or labels.is_complex():
+            raise fail("labels", "a real tensor", kind(labels))
         if labels.numel() != n:
-            raise ValueError(f"labels: expected {n} values (one per prediction), got shape "
-                             f"{tuple(labels.shape)}")
-        return labels.reshape(-1, 1).to(dtype)
+            raise fail("labels", f"{n} values (one per prediction)",
+                       Shown(f"shape {tuple(labels.shape)}"))
+        if labels.device != z.device:
+            raise fail("labels", f"a tensor on pred's device {z.device}",
+                       Shown(f"device {labels.device}"))
+        if reads is None or self._labels_unused:
+            return None
+        y = labels.detach().reshape(-1, 1).to(z.dtype)
+        if self._label_weights:
+            reads.span("labels", y, 0.0, 1.0, "labels",
+                       hint=f" ({'/'.join(self.short)} weighs rows by them)")
+        else:
+            reads.finite("labels", y, "labels")
+        return y
 
-    def _indices(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        cached = self._index_cache.get(device)
+    # ------------------------------------------------------------------ values
+    def _tables(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(k, g, h) row indices on ``like``'s device (g or h = S: the overall statistic)."""
+        cached = self._index_cache.get(like.device)
         if cached is None:
             rows = self._rows[1] or [(0, 0, 0)]
-            S = self.groups.S
+            S, device = self.groups.S, like.device
             k = torch.tensor([r[0] for r in rows], device=device)
-            # Column S of the extended tables is the overall statistic.
             g = torch.tensor([S if r[1] < 0 else r[1] for r in rows], device=device)
             h = torch.tensor([S if r[2] < 0 else r[2] for r in rows], device=device)
-            cached = self._index_cache[device] = (k, g, h)
+            cached = self._index_cache[like.device] = (k, g, h)
         return cached
 
-    @staticmethod
-    def _ratio(num: Tensor, den: Tensor) -> tuple[Tensor, Tensor]:
-        defined = den > 0
-        # A safe denominator: 0/0 must give neither NaN values nor NaN gradients.
-        safe = torch.where(defined, den, torch.ones_like(den))
-        return torch.where(defined, num / safe, torch.zeros_like(num)), defined
+    def _coefs(self, y: Tensor | None) -> list[Coef]:
+        """(a, b, c, d) of every statistic for this batch (constants are kept from __init__)."""
+        out = []
+        for part, takes, coef in zip(self.parts, self._takes, self._coef):
+            if coef is None:
+                args = () if y is None or takes is False else (y,)
+                coef = (part.num_intercept(*args), part.num_slope(*args),
+                        part.denom_intercept(*args), part.denom_slope(*args))
+            out.append(coef)
+        return out
 
-    def _compute(self, prob: Tensor, sens: Tensor, labels: Tensor | None) -> ConstraintValues:
-        n = prob.shape[0]
-        onehot = self.groups.one_hot(sens, prob.dtype)
-        if onehot.shape[0] != n:
-            raise ValueError(f"sens: expected {n} rows (one per prediction), got "
-                             f"{onehot.shape[0]}")
-        y = self._labels(labels, n, prob.dtype)
-        nums, dens, onums, odens = [], [], [], []
-        for part, takes in zip(self.parts, self._takes):
-            args = () if y is None or takes is False else (y,)
-            nums.append(part.num(prob, onehot, *args))
-            dens.append(part.denom(prob, onehot, *args))
-            onums.append(part.num(prob, None, *args).reshape(()))
-            odens.append(part.denom(prob, None, *args).reshape(()))
-        stats, defined = self._ratio(torch.stack(nums), torch.stack(dens))  # (K, S)
-        overall, odef = self._ratio(torch.stack(onums), torch.stack(odens))  # (K,)
-        values, active = self._rows_from(stats, defined, overall, odef)
-        fill = torch.full_like(values, torch.nan if self.inactive == "nan" else 0.0).detach()
-        values = torch.where(active, values, fill)
-        return ConstraintValues(values, active, self.names, stats, defined, overall, self.name)
-
-    def _rows_from(self, stats: Tensor, defined: Tensor, overall: Tensor, odef: Tensor
-                   ) -> tuple[Tensor, Tensor]:
-        eps = self.eps
+    def _compute(self, p: Tensor, member: Tensor, y: Tensor | None) -> ConstraintValues:
+        """The rows from the (N,) probabilities (or decisions) ``p`` and the (N, S)
+        membership (see :mod:`.constraint_values` for the two kernels)."""
+        coefs, eps = self._coefs(y), self.eps
+        member_t = member.T
+        overall: tuple[Any, ...] = (coefs, p, self.short)
+        linear = is_linear(coefs)
+        if linear and self._two_groups:
+            # Two groups: fold the [1, -1] difference into the coefficients, so the whole
+            # constraint is one product with p in the autograd graph.
+            A, B, absent = linear_statistics(coefs, member_t, p, self.short)
+            rb = B[:, 0] - B[:, 1]
+            ra = None if A is None else A[:, 0] - A[:, 1]
+            inactive = absent.any(1)
+            if self.mode == "pairwise":
+                rb = torch.stack([rb, -rb], 1).reshape(2 * rb.shape[0], rb.shape[1])
+                ra = None if ra is None else torch.stack([ra, -ra], 1).reshape(-1)
+                inactive = inactive.repeat_interleave(2)
+            values = rb @ p if ra is None else torch.addmv(ra, rb, p)
+            values = values.abs() - eps if self.mode == "abs_diff" else values - eps
+            values = torch.where(inactive, self._fill, values)
+            return ConstraintValues(values, inactive, self._names, self.name, eps,
+                                    (linear_combination, (A, B, p)), absent, overall)
+        if self.mode == "overall":  # the overall statistic as group S: one computation
+            member_t = torch.cat([member_t, torch.ones_like(p).unsqueeze(0)], 0)
+        if linear:
+            A, B, absent = linear_statistics(coefs, member_t, p, self.short)
+            raw = linear_combination(A, B, p)
+        else:
+            raw, absent = ratio_statistics(coefs, member_t, p, self.short)
+        S = self.groups.S
+        if self.mode == "overall":
+            overall = (raw[:, S], absent[:, S])
         if self.mode == "max_gap":
-            hi = torch.where(defined, stats, torch.full_like(stats, -torch.inf)).amax(-1)
-            lo = torch.where(defined, stats, torch.full_like(stats, torch.inf)).amin(-1)
-            ok = defined.sum(-1) >= 2
-            gap = torch.where(ok, hi - lo, torch.full_like(hi, -torch.inf)).amax()
-            active = ok.any().reshape(1)
-            return torch.where(active, gap - eps, torch.zeros_like(gap)).reshape(1), active
-        k, g, h = self._indices(stats.device)
-        ext = torch.cat([stats, overall.unsqueeze(-1)], -1)
-        ext_def = torch.cat([defined, odef.unsqueeze(-1)], -1)
-        diff = ext[k, g] - ext[k, h]
-        active = ext_def[k, g] & ext_def[k, h]
+            hi = torch.where(absent, -torch.inf, raw).amax(1)
+            lo = torch.where(absent, torch.inf, raw).amin(1)
+            ok = (~absent).sum(1) >= 2
+            gap = torch.where(ok, hi - lo, -torch.inf).amax()  # NaN statistics propagate
+            values, inactive = (gap - eps).reshape(1), ~ok.any().reshape(1)
+        else:
+            k, g, h = self._tables(raw)
+            values = raw[k, g] - raw[k, h]
+            if self.mode == "abs_diff":
+                values = values.abs()
+            values = values - eps
+            inactive = absent[k, g] | absent[k, h]
+        values = torch.where(inactive, self._fill, values)
+        return ConstraintValues(values, inactive, self._names, self.name, eps, raw[:, :S],
+                                absent[:, :S], overall)
+
+    def _fast_path(self, pred: Tensor, sens: Tensor) -> ConstraintValues | None:
+        """The rows for two groups and a constant-coefficient statistic, or None when the
+        inputs need the general path (other layouts, or a check that fails: the general
+        path then raises with the full message). The same maths as :meth:`_compute`."""
+        if not (isinstance(pred, Tensor) and isinstance(sens, Tensor)):
+            return None
+        shape, dtype, device = pred.shape, pred.dtype, pred.device
+        if not dtype.is_floating_point or sens.device != device or not (
+                len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+            return None
+        n = shape[0]
+        if sens.dtype == dtype and sens.shape == (n, 2):
+            member, ids = sens, None
+        elif sens.shape == (n,) and not (sens.is_floating_point() or sens.is_complex()):
+            ids = sens.long()
+            member = (ids.unsqueeze(1) == torch.arange(2, device=device)).to(dtype)
+        else:
+            return None
+        validate = self.validate
+        finite = False
+        if n and (validate is True or (validate is None and device.type == "cpu")):
+            lo, hi = torch.aminmax(member if ids is None else ids)
+            z = pred.detach()
+            # Logits: their sum is finite when every logit is (a finite sum that overflows
+            # only costs the NaN guard); probabilities: their range.
+            reads = [lo, hi, z.sum()] if self.pred == "logits" else [lo, hi, *torch.aminmax(z)]
+            if device.type == "cpu":
+                got = [x.item() for x in reads]
+            else:
+                got = torch.stack([x.to(torch.float64) for x in reads]).tolist()
+            if not (got[0] >= 0 and got[1] <= 1):
+                return None  # out of range or NaN memberships: the general path says which
+            if len(got) == 4 and not (got[2] >= 0 and got[3] <= 1):
+                return None  # probabilities out of range (or NaN)
+            finite = math.isfinite(got[2])
+            if not finite and validate is True:
+                return None
+        a, b, c, _ = self._fast
+        cached = self._fast_cache.get((device, dtype))
+        if cached is None:
+            # Column r: the coefficients of row r over the two groups (the names' order).
+            sign = [b, -b] if self.mode == "abs_diff" else [[b, -b], [-b, b]]
+            cached = self._fast_cache[(device, dtype)] = (
+                torch.tensor(sign, dtype=dtype, device=device), torch.finfo(dtype).tiny)
+        pm, tiny = cached
+        counts = member.sum(0)
+        den = counts if c == 1 else counts * c
+        # Per-row coefficients of the rows (no gradient): the difference of the group means,
+        # member @ (pm / n_g); an absent group (n_g = 0) has no member, its share is 0.
+        inv = den.clamp_min(tiny)
+        rows = member @ (pm / inv if pm.dim() == 1 else pm / inv.unsqueeze(1))
+        # An (N, 1) prediction stays a column for abs_diff: (N,) @ (N, 1) is the (1,) row.
+        column = self.mode == "abs_diff" and len(shape) == 2
+        p = self._probabilities(pred, finite, flat=not column)
+        values = rows @ p if column else p @ rows  # the only product in the autograd graph
         if self.mode == "abs_diff":
-            diff = diff.abs()
-        return diff - eps, active
+            values = values.abs()
+        # With both groups present the intercept a cancels in the difference; with one
+        # absent the row is inactive and its value replaced.
+        absent = den == 0
+        inactive = absent.any(0, keepdim=True)  # (1,): where() broadcasts a 0-d value
+        if self.mode == "pairwise":
+            inactive = inactive.expand(2)
+        values = torch.where(inactive, self._fill, values - self.eps)
+        return ConstraintValues(values, inactive, self._names, self.name, self.eps,
+                                (_fast_statistics, (a, b, member, inv, p)), absent,
+                                ([self._fast], p, self.short))
+
+    def _probabilities(self, pred: Tensor, finite: bool, flat: bool = True) -> Tensor:
+        """(N,) probabilities (``pred``'s shape unless ``flat``), differentiable. The sigmoid
+        maps an infinite logit to 0 or 1: unless the logits were read and found finite, a NaN
+        guard keeps it non-finite."""
+        z = pred.reshape(-1) if flat else pred
+        if self.pred == "probabilities":
+            return z  # NaN and infinities carry through the sums by themselves
+        p = torch.sigmoid(z)
+        return p if finite else p + z.detach() * 0
 
     def __call__(self, pred: Tensor, sens: Tensor, labels: Tensor | None = None
                  ) -> ConstraintValues:
         """Rows on the (differentiable) probabilities of ``pred``."""
-        return self._compute(self._probabilities(pred), sens, labels)
+        if self._fast is not None:
+            if labels is not None and isinstance(pred, Tensor):
+                self._labels(labels, pred.shape[0], pred, None)  # unused: free checks
+            fast = self._fast_path(pred, sens)
+            if fast is not None:
+                return fast
+        _, member, y, finite = self._inputs(pred, sens, labels)
+        return self._compute(self._probabilities(pred, finite), member, y)
 
     def decisions(self, pred: Tensor, sens: Tensor, labels: Tensor | None = None
                   ) -> ConstraintValues:
@@ -374,5 +499,8 @@ class FairnessConstraint:
         values for the dual step (``dual_constraints=``) when decision-level fairness is what
         must hold, while the smooth rows of :meth:`__call__` feed the Lagrangian."""
         with torch.no_grad():
-            prob = self._probabilities(pred)
-            return self._compute((prob >= self.threshold).to(prob.dtype), sens, labels)
+            _, member, y, finite = self._inputs(pred, sens, labels)
+            p = self._probabilities(pred, finite)
+            # A NaN probability is no decision: it stays NaN (the comparison would say 0).
+            decided = (p >= self.threshold).to(p.dtype) + p * 0
+            return self._compute(decided, member, y)

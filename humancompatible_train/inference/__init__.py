@@ -1,4 +1,5 @@
-"""Fair inference on streams: exact per-batch projection and online primal-dual correction."""
+"""Fair inference on streams: every call keeps the pooled group means of everything served
+within ε (and large batches their own), with prediction bounds inside the projection."""
 
 from .model import FairModel, FairTrainer, project_batch
 from .wrapper import FairInference

@@ -1,58 +1,60 @@
-r"""Fair inference: adjust a deployed model's predictions so that group parity holds.
+r"""Fair inference: adjust a deployed model's predictions so that group parity holds on a
+stream, after every batch, down to one prediction per call.
 
-Two regimes share one state (running statistics and a :class:`~humancompatible_train.
-dual_optim.PrimalDual` holding the multipliers):
+Every call serves the smallest (:math:`\ell_2`) change of its scores that keeps
 
-* **Large batches** (size :math:`\ge b_\tau`): the exact projection of the batch onto
-  :math:`\{|\bar q_g - \bar q_h| \le \varepsilon\ \forall g, h\}`; every batch meets
-  :math:`\varepsilon`.
-* **Small batches** (size :math:`< b_\tau`, down to a single prediction): an online primal-dual
-  correction. The multipliers :math:`\lambda_{gh} \ge 0` of the pooled constraints
-  :math:`\mu_g - \mu_h - \varepsilon \le 0` (:math:`\mu_g`: mean prediction of group
-  :math:`g` over the stream) define per-group offsets
+* **(B) the pooled constraint**: the group means of *everything served so far*, this batch
+  included, within :math:`\varepsilon` (``pooled="hard"``, the default);
+* **(A) the batch's own constraint**: its group means within :math:`\varepsilon`, for every
+  batch of at least ``b_tau`` rows and, with ``per_batch=True`` (default), for smaller
+  batches holding two or more groups;
+* **the prediction bounds**, when given, inside the problem (not a clamp afterwards).
 
-  .. math:: \nu_g = \sum_h (\lambda_{gh} - \lambda_{hg})\, \pi_h
+Small batches (fewer than ``b_tau`` rows) are corrected from *offset* scores
+:math:`z_i - \nu_{g(i)}`; large ones from their raw scores (the exact projection of the
+batch of the original system, now with the pool). The offsets are
 
-  (:math:`\pi_h`: share of group :math:`h` in the stream so far), which is the minimiser of
-  the pooled Lagrangian :math:`\sum_i \tfrac12 (q_i - z_i)^2 + \sum_{gh}\lambda_{gh}
-  (\mu_g - \mu_h - \varepsilon)` in the metric that scales each group's step by the others'
-  shares (so the dual curvature is at most 1 and :math:`\eta_0 \le 1` is stable). After each
-  batch the multipliers take one projected ascent step
-  :math:`\lambda \leftarrow [\lambda + \eta_t c]_+`, :math:`\eta_t = \eta_0/\sqrt t`, on the
-  pooled constraint values :math:`c_{gh} = (m_g - \nu_g) - (m_h - \nu_h) - \varepsilon` of the
-  primal response (:math:`m_g`: running mean of the raw predictions), i.e. online gradient
-  ascent on the dual of the pooled projection problem (Zinkevich 2003; Mahdavi, Jin & Yang
-  2012). The shifted predictions :math:`z_i - \nu_{g(i)}` are then corrected by the smallest
-  group shifts (in :math:`\ell_2`) that make (a) the batch's group means meet
-  :math:`\varepsilon` when the batch holds two or more groups and (b) the pooled group means
-  of everything served so far meet :math:`\varepsilon` (``pooled="hard"``, default), by
-  Dykstra's alternating projections (Boyle & Dykstra 1986), ending on (b).
+.. math:: \nu_g = \nu^{cal}_g + \sum_h (\lambda_{gh} - \lambda_{hg})\, \pi_h,
 
-The original system bounds only the *weighted average* of per-batch gaps; that leaves the
-pooled gap of all predictions above :math:`\varepsilon` for small batches (batch
-composition and level are correlated after per-batch corrections). Here (a) keeps every
-per-batch gap within :math:`\varepsilon`, (b) keeps the pooled gap within it at every step,
-and the dual offsets make (b) rarely bind, so corrections stay small.
+the calibration's offsets (:meth:`FairInference.calibrate`, zero by default) plus the
+minimiser of the pooled Lagrangian :math:`\sum_i \tfrac12 (q_i - z_i)^2 + \sum_{gh}
+\lambda_{gh} (\mu_g - \mu_h - \varepsilon)` in the metric that scales each group's move by
+the other groups' shares :math:`\pi` (the dual curvature is then at most 1, so
+:math:`\eta_0 \le 1` is stable). After each batch the multipliers take one projected ascent
+step :math:`\lambda \leftarrow [\lambda + \eta_t c]_+`, :math:`\eta_t = \eta_0 / \sqrt t`, on
+:math:`c_{gh} = r_g - r_h - \varepsilon` with :math:`r_g` the running raw mean of group
+:math:`g` (plus the calibration's prior) minus its offset: online gradient ascent on the dual
+of the pooled problem (Zinkevich, ICML 2003; Mahdavi, Jin & Yang, JMLR 2012). The offsets do
+the bulk of the correction, so the hard pooled step rarely has much to do.
+
+The solvers live in :mod:`humancompatible_train._projection`; the step itself in
+:mod:`._serving`; the state registry in :mod:`._state`.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from .._projection import (
-    band_project,
-    decision_band_project,
-    project_cells,
-    project_groups,
-    two_slab_qp,
+from .._projection import band_shifts, decision_band_project
+from .._validation import check_bool, check_choice, check_int, check_real, fail
+from . import _serving
+from ._checks import (
+    check_batch,
+    check_bounds,
+    check_loaded,
+    check_settings,
+    check_shares,
+    check_values,
 )
-from ..dual_optim import PrimalDual
+from ._state import Field, Layout
 
 __all__ = ["FairInference"]
 
@@ -61,8 +63,13 @@ logger = logging.getLogger("humancompatible_train")
 _METRICS = ("mean_pred", "equalized_odds", "positive_rate", "mean_residual")
 # Metrics whose constraint involves labels, which every batch must then carry.
 _LABELLED = ("equalized_odds", "mean_residual")
-# Weight that pins a group's value inside a projection (groups that cannot move).
-_PIN = 1e12
+_VERSION = 2
+# The serving state, zeroed by reset() (the original system's reset, extended to every
+# running statistic), and what calibrate() fits, which reset() keeps.
+_SERVING_CELLS = ("raw_sum", "out_sum", "count", "label_sum", "positive_sum",
+                  "response_positive_sum")
+_SERVING_SCALARS = ("cumulative_samples", "cumulative_weighted_violation", "weighted_gap_sum",
+                    "weighted_gap_samples", "lambda_max", "num_batches", "squared_adjustment")
 
 
 class FairInference(torch.nn.Module):
@@ -73,31 +80,34 @@ class FairInference(torch.nn.Module):
             to adjust scores passed to :meth:`adjust`.
         num_groups: number of groups :math:`S \ge 2` (ids ``0..S-1``).
         fairness_tolerance: :math:`\varepsilon \ge 0`.
-        b_tau: batches of at least this size are projected exactly on their own.
-        eta_0: initial dual step :math:`\eta_0` of the small-batch regime.
+        b_tau: batches of at least this size are projected from their raw scores onto their
+            own constraint (and the pooled one).
+        eta_0: initial dual step :math:`\eta_0 \ge 0` of the offsets.
         metric: ``"mean_pred"`` (mean-prediction parity), ``"equalized_odds"`` (the same
-            parity within each label class), ``"positive_rate"`` (parity of the positive rate
-            of the decisions :math:`q \ge` ``threshold``) or ``"mean_residual"`` (each
-            group's mean prediction within :math:`\varepsilon` of its mean label). The last
-            two of these four need labels with every batch (evaluation streams).
+            within each label class), ``"positive_rate"`` (parity of the positive rate of the
+            decisions :math:`q \ge` ``threshold``) or ``"mean_residual"`` (each group's mean
+            prediction within :math:`\varepsilon` of its mean label). The second and the last
+            need labels with every batch.
         threshold: decision threshold of ``"positive_rate"`` (ignored otherwise).
-        prediction_bounds: optional ``(lo, hi)`` clamp of the adjusted predictions (applied
-            last; a binding bound can cost exactness).
-        protected_attr_idx: column of ``x`` holding the group id, when ``groups`` is not
-            passed to :meth:`forward`.
-        dual: a :class:`PrimalDual` to hold the multipliers (e.g. the one that trained the
-            model, for a warm start); its size must be ``C * S * (S - 1)``. Default: a new
-            one with ``eta_0``.
+        prediction_bounds: optional ``(lo, hi)``: every served prediction lies in it, and
+            the constraints hold with it (the bounds are part of the projection). For
+            ``"positive_rate"`` it must satisfy ``lo < threshold <= hi``.
+        protected_attr_idx: column of ``x`` holding the group id, when :meth:`forward` gets
+            no ``groups``.
         pooled: ``"hard"`` enforces the pooled constraint after every batch; ``"dual"``
-            leaves it to the multipliers (asymptotic only). Default: ``"hard"``, except for
-            ``"mean_residual"``, where enforcing it from the first prediction would copy the
-            first labels of each group into the predictions.
-        dykstra_iters: alternating-projection rounds for (a) and (b) together (used for
-            three or more groups; two groups are solved exactly in closed form).
+            leaves it to the offsets (an asymptotic guarantee only). Default ``"hard"``,
+            except for ``"mean_residual"``, where enforcing it from the first prediction on
+            would copy each group's first labels into its predictions.
+        per_batch: whether batches smaller than ``b_tau`` with two or more groups must also
+            meet the constraint on their own (mean-type metrics). ``False`` keeps only the
+            pooled constraint there, which costs less accuracy at small batches.
         group_shares: the groups' shares :math:`\pi` in the population (per label class for
-            ``"equalized_odds"``), e.g. from the training data. Default: the running shares of
-            the stream. Give them with a warm-started ``dual`` so that the very first batch
-            is corrected even when it holds one group only.
+            ``"equalized_odds"``), e.g. from the training data. Default: the running shares
+            of the stream. :meth:`calibrate` sets them.
+
+    The multipliers of a *training* dual optimizer are not offsets of scores (they weigh a
+    gap against the training loss), so they cannot warm-start this wrapper; use
+    :meth:`calibrate` on held-out data instead.
     """
 
     def __init__(
@@ -111,528 +121,409 @@ class FairInference(torch.nn.Module):
         metric: str = "mean_pred",
         prediction_bounds: tuple[float, float] | None = None,
         protected_attr_idx: int | None = None,
-        dual: PrimalDual | None = None,
         pooled: str | None = None,
-        dykstra_iters: int = 50,
-        dtype: torch.dtype = torch.float64,
+        per_batch: bool = True,
         group_shares: Sequence[float] | Tensor | None = None,
         threshold: float = 0.5,
     ) -> None:
         super().__init__()
-        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 2:
-            raise ValueError(f"num_groups must be an int >= 2, got {num_groups!r}")
-        if not fairness_tolerance >= 0:
-            raise ValueError(f"fairness_tolerance must be >= 0, got {fairness_tolerance!r}")
-        if isinstance(b_tau, bool) or not isinstance(b_tau, int) or b_tau < 1:
-            raise ValueError(f"b_tau must be a positive int, got {b_tau!r}")
-        if metric not in _METRICS:
-            raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
+        where = "FairInference: "
+        if model is not None and not callable(model):
+            raise fail("model", "a torch.nn.Module (or None)", type(model).__name__, where)
+        S = check_int("num_groups", num_groups, minimum=2, where=where)
+        metric = check_choice("metric", metric, _METRICS, where)
+        self.fairness_tolerance = check_real("fairness_tolerance", fairness_tolerance, low=0,
+                                             where=where)
+        self.b_tau = check_int("b_tau", b_tau, minimum=1, where=where)
+        # The projections aim a hair inside the band, so that the rounding of the running
+        # sums never reports a gap above it.
+        self._eps_target = self.fairness_tolerance * (1.0 - 1e-9)
+        self.eta_0 = check_real("eta_0", eta_0, low=0, where=where)
+        self.threshold = check_real("threshold", threshold, where=where)
         if pooled is None:
             pooled = "dual" if metric == "mean_residual" else "hard"
-        if pooled not in ("hard", "dual"):
-            raise ValueError(f"pooled must be 'hard' or 'dual', got {pooled!r}")
-        if prediction_bounds is not None:
-            lo, hi = prediction_bounds
-            if not lo < hi:
-                raise ValueError(f"prediction_bounds must be (lo, hi) with lo < hi, "
-                                 f"got {prediction_bounds!r}")
-        self.model = model
-        self.num_groups = num_groups
-        self.num_classes = 2 if metric == "equalized_odds" else 1
-        self.fairness_tolerance = float(fairness_tolerance)
-        self.b_tau = b_tau
-        self.metric = metric
-        self.prediction_bounds = prediction_bounds
+        self.pooled = check_choice("pooled", pooled, ("hard", "dual"), where)
+        self.per_batch = check_bool("per_batch", per_batch, where)
+        self.prediction_bounds = check_bounds(prediction_bounds, metric, self.threshold, where)
+        if protected_attr_idx is not None:
+            protected_attr_idx = check_int("protected_attr_idx", protected_attr_idx,
+                                           where=where)
         self.protected_attr_idx = protected_attr_idx
-        self.pooled = pooled
-        self.dykstra_iters = int(dykstra_iters)
-        self.threshold = float(threshold)
-        self._dtype = dtype
+        self.model = model
+        self.metric = metric
+        self.num_groups = S
+        self.num_classes = C = 2 if metric == "equalized_odds" else 1
         self._residual = metric == "mean_residual"
         self._decision = metric == "positive_rate"
-        S, C = num_groups, self.num_classes
-        # Residual: (mu_g - ybar_g - eps <= 0, ybar_g - mu_g - eps <= 0) per group; parity:
-        # mu_g - mu_h - eps <= 0 for every ordered pair, per label class.
-        m = 2 * S if self._residual else C * S * (S - 1)
-        if dual is None:
-            # check_finite=False: pairs whose groups have not been seen yet enter the dual
-            # step as NaN and are masked out of it.
-            name = "pooled_residual" if self._residual else "pooled_parity"
-            dual = PrimalDual(m, eta_0=eta_0, is_ineq=True, name=name, dtype=dtype,
-                              check_finite=False)
-        elif not isinstance(dual, PrimalDual) or dual.m != m:
-            raise ValueError(
-                f"dual must be a PrimalDual with {m} constraints for metric {metric!r} "
-                f"(C={C} label classes, S={S} groups), got "
-                f"{type(dual).__name__} with m={getattr(dual, 'm', None)}"
-            )
-        self.dual = dual
-        off = ~torch.eye(S, dtype=torch.bool)
-        g_idx, h_idx = off.nonzero(as_tuple=True)  # pair p is the constraint mu_g - mu_h <= eps
-        self.register_buffer("_pair_g", g_idx, persistent=False)
-        self.register_buffer("_pair_h", h_idx, persistent=False)
-        # Constant tensors of the serving step (device-resident, no scalar wrapping per call).
-        # _pair_map[p] puts +1 at entry (g, h) and -1 at (h, g) of pair p; _sides turns a
-        # residual group's (upper, lower) multipliers into its offset; _not_others[c] is 0 at
-        # the cells of c's label class other than c and NaN elsewhere.
-        pair_map = torch.zeros(len(g_idx), S * S, dtype=dtype)
-        pair_map[torch.arange(len(g_idx)), g_idx * S + h_idx] = 1.0
-        pair_map[torch.arange(len(g_idx)), h_idx * S + g_idx] = -1.0
-        self.register_buffer("_pair_map", pair_map, persistent=False)
-        self.register_buffer("_sides", torch.tensor([1.0, -1.0], dtype=dtype), persistent=False)
-        cls = torch.arange(C * S) // S
-        others = (cls.unsqueeze(1) == cls.unsqueeze(0)) & ~torch.eye(C * S, dtype=torch.bool)
-        self.register_buffer("_not_others", torch.where(others, 0.0, math.nan).to(dtype),
+        self._labelled = metric in _LABELLED
+        # Pair p is the constraint mu_g - mu_h - eps <= 0 (per label class); the residual
+        # has (upper, lower) per group.
+        self._pairs = [(g, h) for g in range(S) for h in range(S) if g != h]
+        m = 2 * S if self._residual else C * len(self._pairs)
+        cells = (C, S)
+        fields = [
+            Field("raw_sum", cells, "real", True),
+            Field("out_sum", cells, "real", True),
+            Field("count", cells, "count", True),
+            Field("label_sum", cells, "real", True),
+            Field("positive_sum", cells, "count", True),
+            Field("response_positive_sum", cells, "count", True),
+            Field("multipliers", (m,), "nonneg", True),
+            Field("dual_steps", (), "int", True),
+            Field("cumulative_samples", (), "count", True),
+            Field("cumulative_weighted_violation", (), "real", True),
+            Field("weighted_gap_sum", (), "nonneg", True),
+            Field("weighted_gap_samples", (), "count", True),
+            Field("lambda_max", (), "nonneg", True),
+            Field("num_batches", (), "int", True),
+            Field("squared_adjustment", (), "nonneg", True),
+            Field("group_shares", cells, "nonneg", False),
+            Field("fixed_shares", (), "bool", False),
+            Field("calibration_offsets", cells, "real", False),
+            Field("prior_count", cells, "nonneg", False),
+            Field("prior_sum", cells, "real", False),
+            Field("prior_label_sum", cells, "real", False),
+        ]
+        self._layout = Layout(fields)
+        self.register_buffer("_flat", torch.zeros(self._layout.size, dtype=torch.float64),
                              persistent=False)
-        eps = float(fairness_tolerance)
-        for name, value in (("_eps", eps), ("_one", 1.0), ("_eps_pm", [-eps, eps]),
-                            ("_half_pm", [-0.5, 0.5])):
-            self.register_buffer(name, torch.tensor(value, dtype=dtype), persistent=False)
-        z = torch.zeros(C, S, dtype=dtype)
-        # Running statistics of the stream: raw sums, served (adjusted) sums, counts.
-        self.register_buffer("raw_sum", z.clone())
-        self.register_buffer("out_sum", z.clone())
-        self.register_buffer("count", z.clone())
-        self.register_buffer("label_sum", z.clone())
-        # positive_rate: positive decisions served, and those of the dual's response
-        # (the offset scores before the hard correction), which drive the dual step.
-        self.register_buffer("positive_sum", z.clone())
-        self.register_buffer("response_positive_sum", z.clone())
-        if group_shares is None:
-            self.register_buffer("_shares", None)
-        else:
-            shares = torch.as_tensor(group_shares, dtype=dtype).reshape(-1, S).expand(C, S)
-            if not bool((shares >= 0).all()) or not torch.allclose(shares.sum(-1),
-                                                                   torch.ones(C, dtype=dtype)):
-                raise ValueError(f"group_shares must be {S} non-negative shares summing to 1 "
-                                 f"(per label class), got {group_shares!r}")
-            self.register_buffer("_shares", shares.clone(), persistent=False)
-        # Scalars of seed 001's state.
-        self.register_buffer("cumulative_samples", torch.zeros((), dtype=dtype))
-        self.register_buffer("cumulative_weighted_violation", torch.zeros((), dtype=dtype))
-        self.register_buffer("weighted_gap_sum", torch.zeros((), dtype=dtype))
-        self.register_buffer("weighted_gap_samples", torch.zeros((), dtype=dtype))
-        self.register_buffer("lambda_max", torch.zeros((), dtype=dtype))
-        self.register_buffer("num_batches", torch.zeros((), dtype=torch.long))
-        self.register_buffer("squared_adjustment", torch.zeros((), dtype=dtype))
+        self._np: np.ndarray | None = None
+        if group_shares is not None:
+            shares = check_shares(group_shares, C, S, where)
+            self._set("group_shares", shares)
+            self._set("fixed_shares", torch.ones(()))
 
-    # ----------------------------------------------------------------- state
+    # ------------------------------------------------------------------- the state
+    def _view(self, name: str) -> Tensor:
+        return self._layout.view(self._flat, name)
+
+    def _set(self, name: str, value: Tensor) -> None:
+        self._view(name).copy_(value)
+
+    def _write_flat(self, values: list[float]) -> None:
+        """Write the whole state at once (the last act of a serving step)."""
+        flat = self._flat
+        if flat.device.type != "cpu":
+            flat.copy_(torch.tensor(values, dtype=torch.float64))
+            return
+        # A host view of the buffer, cached; checked against the buffer's memory, which
+        # .to(), copies, pickling or an assigning load may have replaced.
+        view = self._np
+        if view is None or view.ctypes.data != flat.data_ptr():
+            view = self._np = flat.numpy()
+        view[:] = values
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_np"] = None  # a view of this object's buffer, not to be copied with it
+        return state
+
+    def _apply(self, fn: Any, recurse: bool = True) -> FairInference:
+        # .to()/.cuda()/.double() replace the buffer: drop the cached host view, and keep the
+        # state in float64 whatever the module's dtype becomes (sums stay exact).
+        super()._apply(fn, recurse)
+        if self._flat.dtype != torch.float64:
+            self._flat = self._flat.to(torch.float64)
+        self._np = None
+        return self
+
     @property
     def lambda_dual(self) -> Tensor:
         """The multipliers: shape (C, S, S), ``[k, g, h]`` for mu_g - mu_h <= eps in class k;
         for ``"mean_residual"`` shape (S, 2), ``[g]`` = (upper, lower) side of group g."""
+        lam = self._view("multipliers")
         S, C = self.num_groups, self.num_classes
         if self._residual:
-            return self._lam.detach().view(S, 2).clone()
-        lam = self._lam.detach().view(C, -1)
+            return lam.view(S, 2).clone()
         mat = torch.zeros(C, S, S, dtype=lam.dtype, device=lam.device)
-        mat[:, self._pair_g, self._pair_h] = lam
+        g = torch.tensor([p[0] for p in self._pairs], device=lam.device)
+        h = torch.tensor([p[1] for p in self._pairs], device=lam.device)
+        mat[:, g, h] = lam.view(C, -1)
         return mat
 
     @property
     def dual_update_count(self) -> int:
-        return int(self.dual.state[self._lam]["step"])
-
-    def reset(self) -> None:
-        """Zero the serving state (as the fairness_training inference guide does): multipliers,
-        dual step count, every statistic."""
-        lam = self._lam
-        with torch.no_grad():
-            lam.zero_()
-        self.dual.state[lam]["step"] = 0
-        for name, buf in self.named_buffers(recurse=False):
-            if not name.startswith("_"):
-                buf.zero_()
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"dual": self.dual.state_dict()}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.dual.load_state_dict(state["dual"])
-
-    # ------------------------------------------------------------- serving
-    def forward(self, x: Tensor, groups: Tensor | None = None,
-                labels: Tensor | None = None) -> Tensor:
-        """Model scores for ``x``, adjusted; the same shape as the model's output."""
-        if self.model is None:
-            raise ValueError("this FairInference has no model: call adjust(scores, groups)")
-        if groups is None:
-            if self.protected_attr_idx is None:
-                raise ValueError("groups is required (or set protected_attr_idx)")
-            groups = x[:, self.protected_attr_idx].round().long()
-        with torch.no_grad():
-            out = self.model(x)
-        return self.adjust(out, groups, labels)
+        """Number of dual steps taken (one per served batch)."""
+        return int(self._view("dual_steps"))
 
     @property
-    def _lam(self) -> Tensor:
-        return self.dual.param_groups[0]["params"][0]
+    def offsets(self) -> Tensor:
+        r"""The current offsets :math:`\nu` (C, S) subtracted from small batches' scores."""
+        st = _serving._HostState(self)
+        return torch.tensor(st.offsets(st.lam), dtype=torch.float64).view(
+            self.num_classes, self.num_groups)
 
-    def _offsets(self, share: Tensor) -> Tensor:
-        """nu[k, g] = sum_h (lambda[k, g, h] - lambda[k, h, g]) * share[k, h]; for the
-        residual nu[0, g] = lambda_upper[g] - lambda_lower[g]."""
-        lam = self._lam.detach().to(share)  # a warm-start dual may hold another dtype
-        if self._residual:
-            return (lam.view(-1, 2) @ self._sides).unsqueeze(0)
-        C, S = self.num_classes, self.num_groups
-        # (lambda - lambda^T)[k] as one product with the fixed pair-to-entry map.
-        antisym = torch.mm(lam.view(C, -1), self._pair_map).view(C, S, S)
-        return torch.bmm(antisym, share.view(C, S, 1)).view(C, S)
+    def reset(self) -> None:
+        """Zero the serving state (the original system's reset: multipliers, dual step count,
+        cumulative samples and violation, lambda max; and every other running statistic).
+        What :meth:`calibrate` fitted (offsets, prior, shares) and ``group_shares`` stay."""
+        with torch.no_grad():
+            for sl in self._layout.reset_slices:
+                self._flat[sl] = 0.0
 
-    def _check(self, z: Tensor, groups: Tensor, labels: Tensor | None
-               ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Shapes and types (no tensor op); values are checked in :meth:`_cell_counts`."""
-        if not isinstance(z, Tensor) or not z.is_floating_point():
-            raise ValueError(f"predictions must be a floating tensor, got "
-                             f"{getattr(z, 'dtype', type(z).__name__)}")
-        flat = z.reshape(-1)
-        if z.dim() > 2 or (z.dim() == 2 and z.shape[1] != 1):
-            raise ValueError(f"predictions must have shape (N,) or (N, 1), got {tuple(z.shape)}")
-        if not isinstance(groups, Tensor) or groups.reshape(-1).shape != flat.shape:
-            raise ValueError(
-                f"groups must be a tensor of {flat.numel()} group ids, got "
-                f"{tuple(groups.shape) if isinstance(groups, Tensor) else type(groups).__name__}"
-            )
-        if flat.numel() == 0:
-            raise ValueError("predictions: empty batch")
-        g = groups.reshape(-1)
-        if g.is_floating_point():
-            if not bool((g == g.round()).all()):
-                raise ValueError("groups must hold integer group ids")
-            g = g.long()
-        if labels is None:
-            if self.metric in _LABELLED:
-                raise ValueError(f"metric {self.metric!r} needs labels for every batch")
-            return flat, g, None
-        # Labels are checked whenever given: they also feed the per-group label means.
-        y = labels.reshape(-1) if isinstance(labels, Tensor) else None
-        if y is None or y.shape != flat.shape:
-            raise ValueError(f"labels must be a tensor of {flat.numel()} values, got "
-                             f"{tuple(labels.shape) if y is not None else type(labels)}")
-        if self._residual:
-            if not bool(torch.isfinite(y).all()):
-                raise ValueError("labels contain NaN or Inf; nothing was changed")
-        elif self.metric == "equalized_odds" and not bool(((y == 0) | (y == 1)).all()):
-            raise ValueError(f"labels must be {flat.numel()} values in {{0, 1}}")
-        return flat, g, y
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"version": _VERSION, "settings": self._settings()}
 
-    def _cell_counts(self, zd: Tensor, g: Tensor, key: Tensor) -> Tensor:
-        """Rows per cell, (C, S) int64. Raises on group ids out of range or non-finite scores,
-        with one host read (the sum of the scores is finite exactly when they all are, barring
-        an overflow, which the exact test then clears)."""
-        S, C = self.num_groups, self.num_classes
-        n_b = None
-        # With labels in the key, an id out of range can still land in a valid cell.
-        if C == 1 or not bool(((g < 0) | (g >= S)).any()):
-            try:
-                n_b = torch.bincount(key, minlength=C * S)
-            except RuntimeError:  # a negative id
-                pass
-        if n_b is None or n_b.numel() != C * S:
-            raise ValueError(f"groups must lie in 0..{S - 1}, got values "
-                             f"{sorted(set(g.tolist()))}")
-        if not math.isfinite(float(zd.sum())) and not bool(torch.isfinite(zd).all()):
-            raise ValueError("predictions contain NaN or Inf; nothing was changed")
-        return n_b.view(C, S)
+    def set_extra_state(self, state: Any) -> None:
+        check_settings(state, self._settings())
+
+    def _settings(self) -> dict[str, Any]:
+        """Every constructor setting that changes what is served (checked on load)."""
+        bounds = None if self.prediction_bounds is None else list(self.prediction_bounds)
+        return {"num_groups": self.num_groups, "metric": self.metric,
+                "fairness_tolerance": self.fairness_tolerance, "b_tau": self.b_tau,
+                "eta_0": self.eta_0, "threshold": self.threshold,
+                "prediction_bounds": bounds, "pooled": self.pooled,
+                "per_batch": self.per_batch}
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str,
+                            keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        self._layout.save(self._flat, destination, prefix)
+
+    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str,
+                              local_metadata: dict[str, Any], strict: bool,
+                              missing_keys: list[str], unexpected_keys: list[str],
+                              error_msgs: list[str]) -> None:
+        # Everything is checked before anything is written: settings first (a wrapper of
+        # another size or metric is refused by name), then every entry.
+        extra = prefix + "_extra_state"
+        if extra in state_dict:
+            check_settings(state_dict[extra], self._settings())
+        new = self._layout.read(state_dict, prefix, self._flat, strict, missing_keys)
+        check_loaded(self._layout, new, self.num_classes, self.num_groups)
+        mine = {prefix + f.name for f in self._layout.fields}
+        rest = {k: v for k, v in state_dict.items() if k not in mine}
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        with torch.no_grad():
+            self._flat.copy_(new)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
+                        assign: bool = False) -> Any:
+        """Restore a state saved by :meth:`state_dict`. Raises a ValueError and changes
+        nothing (the wrapped model included) when an entry is missing, malformed, non-finite
+        or from a wrapper with other settings."""
+        if not isinstance(state_dict, Mapping):
+            raise fail("state_dict", "a mapping from FairInference.state_dict()",
+                       type(state_dict).__name__)
+        before = copy.deepcopy(super().state_dict())
+        flat = self._flat.clone()
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except Exception as exc:
+            super().load_state_dict(before, strict=False)
+            with torch.no_grad():
+                self._flat.copy_(flat)
+            if isinstance(exc, RuntimeError):
+                raise ValueError(f"state_dict: {exc}") from None
+            raise
+        finally:
+            self._np = None
+
+    # ----------------------------------------------------------------- serving
+    def forward(self, x: Tensor, groups: Tensor | None = None,
+                labels: Tensor | None = None) -> Tensor:
+        """Model scores for ``x``, adjusted; shaped like the model's output (float32 when the
+        model computes in half precision)."""
+        if self.model is None:
+            raise ValueError("FairInference: this wrapper has no model; call "
+                             "adjust(scores, groups)")
+        if groups is None:
+            idx = self.protected_attr_idx
+            if idx is None:
+                raise ValueError("groups: expected a tensor of group ids (or set "
+                                 "protected_attr_idx), got None")
+            if not isinstance(x, Tensor) or x.dim() != 2 or not -x.shape[1] <= idx < x.shape[1]:
+                raise fail("protected_attr_idx", f"a column of x (x has shape "
+                           f"{tuple(getattr(x, 'shape', ()))})", idx)
+            groups = x[:, idx].round().long()
+        with torch.no_grad():
+            out = self.model(x)
+        if isinstance(out, Tensor) and out.dtype in (torch.float16, torch.bfloat16):
+            out = out.float()
+        return self.adjust(out, groups, labels)
 
     def adjust(self, scores: Tensor, groups: Tensor, labels: Tensor | None = None) -> Tensor:
         """Adjust a batch of scores and update the serving state; returns a new tensor shaped
-        and typed like ``scores`` (outside any autograd graph)."""
-        # Inference mode drops autograd bookkeeping from every small op of the step; the
-        # result is copied out of it so that callers may use it freely (even in autograd).
-        with torch.inference_mode():
-            q = self._adjust(scores, groups, labels)
-        return q.to(scores.dtype, copy=True).view(scores.shape)
-
-    def _adjust(self, scores: Tensor, groups: Tensor, labels: Tensor | None) -> Tensor:
-        z, g, y = self._check(scores, groups, labels)
-        S, C = self.num_groups, self.num_classes
-        N = z.numel()
-        dt = self._dtype
-        zd = z.to(dt)
-        # Cell of each row: label class * S + group (the group alone with one class).
-        key = y.long() * S + g if C == 2 else g  # type: ignore[union-attr]
-        n_b = self._cell_counts(zd, g, key)
-        if y is not None:
-            y = y.to(dt)
-            self.label_sum.view(-1).index_add_(0, key, y)
-        # Running raw statistics include this batch: the dual responds to it at once.
-        count = self.count
-        count.add_(n_b)
-        self.raw_sum.view(-1).index_add_(0, key, zd)
-        share = self._shares if self._shares is not None else \
-            count / count.sum(-1, keepdim=True).clamp(min=self._one)
-        if self._decision:
-            # The dual learns from the decisions its own offsets produce, so this batch's
-            # response comes first, with the offsets as they stand.
-            shifted = zd - self._offsets(share).view(-1).index_select(0, key)
-            self.response_positive_sum.view(-1).index_add_(
-                0, key, (shifted >= self.threshold).to(dt))
-            self._dual_step(share)
-        else:
-            self._dual_step(share)
-            shifted = zd - self._offsets(share).view(-1).index_select(0, key)
-        if N >= self.b_tau:
-            # Large batch: the exact projection of the raw scores of this batch alone (the
-            # smallest change that meets eps, box included); the dual still learns from it.
-            q = self._project_batch(zd, key, n_b.to(dt), y)
-        elif N == 1 and self.pooled == "hard" and not (self._residual or self._decision):
-            q = self._serve_single(shifted, key)
-        else:
-            q = self._serve_stream(shifted, key, n_b.to(dt))
-        if N < self.b_tau and self.prediction_bounds is not None:
-            q = q.clamp(*self.prediction_bounds)
-        self.out_sum.view(-1).index_add_(0, key, q)
-        value = q  # what the metric averages: the served scores, or their decisions
-        if self._decision:
-            value = (q >= self.threshold).to(dt)
-            self.positive_sum.view(-1).index_add_(0, key, value)
-        if N > 1:  # a single prediction has no batch gap
-            self._batch_stats(value, key, n_b, y)
-        diff = q - zd
-        self.squared_adjustment.add_(torch.dot(diff, diff))
-        self.cumulative_samples.add_(N)
-        self.num_batches.add_(1)
-        torch.maximum(self.lambda_max, self._lam.max(), out=self.lambda_max)
+        and typed like ``scores`` (outside any autograd graph). ``labels`` are required by
+        ``"equalized_odds"`` ({0, 1}) and ``"mean_residual"`` (finite); other metrics check
+        and ignore them. Raises a ValueError, changing nothing, on bad input."""
+        q = _serving.serve(self, scores, groups, labels)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("fair inference batch %d: size %d, lambda max %.4f",
-                         int(self.num_batches), N, float(self.lambda_max))
+                         int(self._view("num_batches")), q.numel(),
+                         float(self._view("lambda_max")))
         return q
 
-    def _project_batch(self, zd: Tensor, key: Tensor, n_b: Tensor, y: Tensor | None) -> Tensor:
-        """The exact projection of one batch onto its own constraint."""
-        S, C = self.num_groups, self.num_classes
-        eps = self.fairness_tolerance
-        if self._decision:
-            return decision_band_project(zd, key, C, S, eps, self.threshold)
-        if self._residual:
-            targets = self._cell_sums(key, y) / n_b.clamp(min=1)  # type: ignore[arg-type]
-            return project_cells(zd, key, C, S, eps, self.prediction_bounds, targets).q
-        if self.prediction_bounds is None:
-            # Without bounds the projection shifts whole groups: the closed-form band
-            # projection of the raw group means, weighted by the group sizes.
-            in_batch = n_b > 0
-            raw_mean = self._cell_sums(key, zd) / n_b.clamp(min=1)
-            target = band_project(raw_mean, n_b, eps, in_batch)
-            return zd + torch.where(in_batch, target - raw_mean, 0.0).view(-1)[key]
-        return project_groups(zd, key, C * S, C, eps, self.prediction_bounds)[0]
+    # ------------------------------------------------------------- calibration
+    def calibrate(self, loader: Iterable, *, prior_weight: float = 1.0) -> dict[str, Any]:
+        """Fit the offsets and group shares on held-out data (batches as for
+        :meth:`evaluate`: ``(x, y)`` or ``(x, groups, y)``), without serving anything.
 
-    def _cell_sums(self, key: Tensor, values: Tensor) -> Tensor:
-        """Sum of ``values`` per cell, (C, S)."""
+        See :meth:`calibrate_scores`; this one runs the model over ``loader`` first.
+        """
+        if self.model is None:
+            raise ValueError("calibrate: this wrapper has no model; use "
+                             "calibrate_scores(scores, groups, labels)")
+        scores, groups, labels = [], [], []
+        for batch in loader:
+            x, g, y = _unpack(batch)
+            if g is None:
+                idx = self.protected_attr_idx
+                if idx is None:
+                    raise ValueError("calibrate: batches carry no groups and "
+                                     "protected_attr_idx is None")
+                g = x[:, idx].round().long()
+            with torch.no_grad():
+                out = self.model(x)
+            scores.append(out.detach().float().reshape(-1))
+            groups.append(g.reshape(-1))
+            labels.append(y.reshape(-1))
+        if not scores:
+            raise ValueError("calibrate: expected at least one batch, got an empty loader")
+        return self.calibrate_scores(torch.cat(scores), torch.cat(groups), torch.cat(labels),
+                                     prior_weight=prior_weight)
+
+    def calibrate_scores(self, scores: Tensor, groups: Tensor, labels: Tensor | None = None,
+                         *, prior_weight: float = 1.0) -> dict[str, Any]:
+        r"""Fit the offsets and shares on held-out scores; nothing is served or counted.
+
+        * **Offsets** :math:`\nu^{cal}`: those of the exact offline projection of these
+          scores onto the constraint (the group shifts of the band projection of the group
+          means; for ``"positive_rate"`` the score shift per group that reproduces the
+          fewest-flips decisions; for ``"mean_residual"`` the shift that brings each group's
+          mean within :math:`\varepsilon` of its mean label). Small batches are served from
+          :math:`z - \nu`, so a stream like these data meets :math:`\varepsilon` from its
+          first prediction with little left for the hard step.
+        * **Shares** :math:`\pi`: the groups' shares here (``group_shares``).
+        * **Prior**: these counts and sums, scaled by ``prior_weight``, join the running
+          statistics *of the dual only* (not the served pool, not :meth:`stats`), so that its
+          first steps do not react to the noise of a handful of predictions. Use a smaller
+          weight when the stream may drift away from these data quickly; 0 disables it.
+
+        The multipliers and the dual step count restart at zero (they are a correction on
+        top of the calibrated offsets); the served statistics are left as they are.
+        ``reset()`` keeps the calibration. Returns the offsets and shares.
+        """
+        where = "calibrate: "
+        w = check_real("prior_weight", prior_weight, low=0, where=where)
+        if self._labelled and labels is None:
+            raise ValueError(f"{where}labels: metric {self.metric!r} needs labels, got None")
+        z, g, y = check_batch(self, scores, groups, labels)
+        zd = z.to(torch.float64)
+        key = check_values(self, zd, g, y)
         C, S = self.num_classes, self.num_groups
-        return torch.bincount(key, weights=values, minlength=C * S).view(C, S)
-
-    def _serve_stream(self, shifted: Tensor, key: Tensor, n_b: Tensor) -> Tensor:
-        """Small batch: the offset scores, corrected so that the pooled constraint holds
-        (``pooled="hard"``) and, for the parity of means, the batch's own band too."""
-        S, C = self.num_groups, self.num_classes
+        n = torch.bincount(key, minlength=C * S).to(torch.float64).view(C, S)
+        raw = torch.bincount(key, weights=zd, minlength=C * S).view(C, S)
+        prior_sum = raw
+        nu = torch.zeros(C, S, dtype=torch.float64)
         eps = self.fairness_tolerance
-        if self.pooled == "dual" and (self._residual or self._decision):
-            return shifted
+        present = n > 0
+        mean = raw / n.clamp(min=1)
         if self._decision:
-            return decision_band_project(shifted, key, C, S, eps, self.threshold,
-                                         prior_count=self.count - n_b,
-                                         prior_pos=self.positive_sum)
-        in_batch = n_b > 0
-        mean_b = self._cell_sums(key, shifted) / n_b.clamp(min=1)
-        if self._residual:
-            # Each group's pooled mean into its pooled label mean +/- eps: the smallest shift.
-            count = self.count.clamp(min=1)
-            pooled = (self.out_sum + mean_b * n_b) / count
-            ybar = self.label_sum / count
-            target = pooled.clamp(min=ybar - eps, max=ybar + eps)
-            delta = torch.where(in_batch, (target - pooled) * count / n_b.clamp(min=1), 0.0)
+            q = decision_band_project(zd, key, C, S, eps, self.threshold)
+            nu = _decision_offsets(zd, q, key, C, S, self.threshold)
+            shifted = zd - nu.view(-1).index_select(0, key)
+            prior_sum = torch.bincount(key, weights=(shifted >= self.threshold).double(),
+                                       minlength=C * S).view(C, S)
+        elif self._residual:
+            ybar = torch.bincount(key, weights=y, minlength=C * S).view(C, S) / n.clamp(min=1)
+            target = torch.minimum(torch.maximum(mean, ybar - eps), ybar + eps)
+            nu = torch.where(present, mean - target, 0.0)
+            self._set("prior_label_sum", ybar * n * w)
         else:
-            delta = self._shifts_stream(mean_b, n_b, in_batch, self.count > 0)
-        return shifted + delta.view(-1)[key]
+            d = band_shifts(mean.numpy(), n.numpy(), eps, present.numpy())
+            nu = -torch.from_numpy(np.ascontiguousarray(d))
+        totals = n.sum(-1, keepdim=True)
+        shares = torch.where(totals > 0, n / totals.clamp(min=1), 1.0 / S)
+        with torch.no_grad():
+            self._set("calibration_offsets", nu)
+            self._set("group_shares", shares)
+            self._set("fixed_shares", torch.ones(()))
+            self._set("prior_count", n * w)
+            self._set("prior_sum", prior_sum * w)
+            if not self._residual:
+                self._set("prior_label_sum", torch.zeros(C, S))
+            self._set("multipliers", torch.zeros_like(self._view("multipliers")))
+            self._set("dual_steps", torch.zeros(()))
+        self._np = None
+        return {"offsets": nu.clone(), "group_shares": shares.clone(),
+                "samples": int(n.sum())}
 
-    def _dual_step(self, share: Tensor) -> None:
-        count = self.count
-        # The primal response to the current offsets, per cell; NaN in cells not seen yet,
-        # so that constraints involving them enter the dual step as NaN and are left out.
-        if self._decision:
-            r = self.response_positive_sum / count
-        else:
-            r = self.raw_sum / count - self._offsets(share)
-        if self._residual:
-            d = r - self.label_sum / count
-            c = torch.stack([d, -d], -1) - self._eps
-        else:
-            c = r.index_select(1, self._pair_g) - r.index_select(1, self._pair_h) - self._eps
-        self.dual._apply_dual_step([c.reshape(-1).to(self._lam.dtype)])
-
-    def _serve_single(self, z: Tensor, key: Tensor) -> Tensor:
-        """One prediction moves only its own cell's pooled mean: clamp it to the interval
-        that keeps that mean within eps of every other seen group's of its class. When those
-        are already further apart than eps (only after a large batch), aim at the middle;
-        with no other group seen, the prediction stays as it is."""
-        count = self.count  # this prediction counted, its value not yet served
-        # Pooled means of the other seen cells of the class; NaN elsewhere (0/0 when unseen).
-        pooled = (self.out_sum / count).view(-1) + self._not_others.index_select(0, key)[0]
-        lo = torch.nan_to_num(pooled, nan=-math.inf).amax()
-        hi = torch.nan_to_num(pooled, nan=math.inf).amin()
-        bounds = torch.stack([lo, hi]) + self._eps_pm  # [lo - eps, hi + eps]
-        # An empty interval (lo > hi) closes onto its middle; -inf/+inf (no other cell) stay.
-        bounds = torch.addcmul(bounds, self._half_pm, torch.relu(torch.dot(bounds, self._sides)))
-        # The cell's pooled mean (out + q) / n within the bounds, solved for q.
-        n = count.view(-1).index_select(0, key)
-        out = self.out_sum.view(-1).index_select(0, key)
-        x = bounds * n - out
-        return z.clamp(min=x[:1], max=x[1:])
-
-    def _shifts_stream(self, mean_b: Tensor, n_b: Tensor, in_batch: Tensor,
-                       seen: Tensor) -> Tensor:
-        """Smallest group shifts meeting (a) the batch band and (b) the pooled band."""
-        eps = self.fairness_tolerance
-        pooled_base = (self.out_sum + mean_b * n_b) / self.count.clamp(min=1)
-        scale = n_b / self.count.clamp(min=1)  # d pooled mean / d shift
-        multi = in_batch & (in_batch.sum(-1, keepdim=True) >= 2)
-        if self.pooled == "dual":
-            y = band_project(mean_b, n_b, eps, multi)
-            return torch.where(in_batch, y - mean_b, 0.0)
-        if self.num_groups == 2:
-            return self._two_group_shifts(mean_b, n_b, multi, pooled_base, scale, seen)
-        # Metric sum_g n_g delta_g^2; in pooled coordinates p = base + scale * delta.
-        w_pooled = torch.where(in_batch, n_b / scale.clamp(min=1e-300) ** 2, _PIN)
-
-        def proj_batch(d: Tensor) -> Tensor:
-            y = band_project(mean_b + d, n_b, eps, multi)
-            return torch.where(in_batch, y - mean_b, d)
-
-        def proj_pooled(d: Tensor) -> Tensor:
-            p = band_project(pooled_base + scale * d, w_pooled, eps, seen)
-            return torch.where(in_batch, (p - pooled_base) / scale.clamp(min=1e-300), d)
-
-        d = torch.zeros_like(mean_b)
-        inc_a = torch.zeros_like(d)
-        inc_b = torch.zeros_like(d)
-        for _ in range(self.dykstra_iters):
-            y = proj_batch(d + inc_a)
-            inc_a = d + inc_a - y
-            d_new = proj_pooled(y + inc_b)
-            inc_b = y + inc_b - d_new
-            d = d_new
-        return torch.where(in_batch, d, 0.0)
-
-    def _two_group_shifts(self, mean_b: Tensor, n_b: Tensor, multi: Tensor, pooled: Tensor,
-                          scale: Tensor, seen: Tensor) -> Tensor:
-        """(a) and (b) for two groups: an exact 2-variable QP per label class."""
-        eps = self.fairness_tolerance
-        inf = torch.full_like(mean_b[..., 0], math.inf)
-        gb = mean_b[..., 1] - mean_b[..., 0]
-        gp = pooled[..., 1] - pooled[..., 0]
-        both_b = multi.all(-1)
-        both_p = seen.all(-1)
-        one = torch.ones_like(gb)
-        rows = torch.stack([
-            torch.stack([-one, one], -1), torch.stack([one, -one], -1),
-            torch.stack([-scale[..., 0], scale[..., 1]], -1),
-            torch.stack([scale[..., 0], -scale[..., 1]], -1),
-        ], -2)
-        rhs = torch.stack([
-            torch.where(both_b, eps - gb, inf), torch.where(both_b, eps + gb, inf),
-            torch.where(both_p, eps - gp, inf), torch.where(both_p, eps + gp, inf),
-        ], -1)
-        w = torch.where(n_b > 0, n_b, torch.ones_like(n_b))
-        return two_slab_qp(w, rows, rhs)
-
-    def _gaps(self, value: Tensor, present: Tensor, target: Tensor | None) -> Tensor:
-        """Per label class: the largest gap between present groups' values, or for the
-        residual the largest distance of a value from its target; NaN where undefined."""
-        if self._residual:
-            dist = torch.where(present, (value - target).abs(), -math.inf)  # type: ignore[operator]
-            return torch.where(present.any(-1), dist.amax(-1), math.nan)
-        hi = torch.where(present, value, -math.inf).amax(-1)
-        lo = torch.where(present, value, math.inf).amin(-1)
-        return torch.where(present.sum(-1) >= 2, hi - lo, math.nan)
-
-    def _batch_stats(self, value: Tensor, key: Tensor, n_b: Tensor, y: Tensor | None) -> None:
-        """This batch's gap (per-group means of ``value``: the served predictions, or their
-        decisions) into the weighted average of the fairness_training inference guide."""
-        cnt = n_b.clamp(min=1)
-        value_b = self._cell_sums(key, value) / cnt
-        target_b = None if y is None else self._cell_sums(key, y) / cnt
-        gaps = self._gaps(value_b, n_b > 0, target_b)
-        defined = ~torch.isnan(gaps)
-        gap = torch.where(defined, gaps, 0.0).amax()
-        # A batch's gap is defined when some label class holds two or more groups (any
-        # group, for the residual).
-        weight = defined.any() * float(value.numel())
-        self.weighted_gap_sum.add_(weight * gap)
-        self.weighted_gap_samples.add_(weight)
-        self.cumulative_weighted_violation.add_(weight * (gap - self.fairness_tolerance))
-
-    # ---------------------------------------------------------------- report
+    # ------------------------------------------------------------------ report
     def stats(self) -> dict[str, Any]:
-        """Serving statistics (named as in the fairness_training inference guide); reading them
-        synchronises with the device."""
-        count = self.count.clamp(min=1)
-        mean = self.out_sum / count
-        value = self.positive_sum / count if self._decision else mean
-        gaps = self._gaps(value, self.count > 0, self.label_sum / count)
-        gaps = gaps[~torch.isnan(gaps)]
-        pooled = float(gaps.max()) if gaps.numel() else math.nan
-        wn = float(self.weighted_gap_samples)
-        n = float(self.cumulative_samples)
-        t = self.dual_update_count
-        eta_0 = self.dual.param_groups[0]["lr"]
-        eta_t = self.dual.step_size(self.dual.param_groups[0], max(t, 1))
-        lam_max = float(self.lambda_max)
-        per_group = {}
-        for k in range(self.num_classes):
-            for s in range(self.num_groups):
-                name = f"group_{s}" if self.num_classes == 1 else f"label_{k}/group_{s}"
-                cnt = float(self.count[k, s])
-                per_group[name] = {
-                    "count": int(cnt),
-                    "mean_prediction": float(mean[k, s]) if cnt else math.nan,
-                    "mean_raw": float(self.raw_sum[k, s] / cnt) if cnt else math.nan,
-                }
+        """Serving statistics under the original system's names (reading them synchronises
+        with the device)."""
+        C, S = self.num_classes, self.num_groups
+        count = self._view("count").tolist()
+        out = self._view("out_sum").tolist()
+        raw = self._view("raw_sum").tolist()
+        pos = self._view("positive_sum").tolist()
+        lab = self._view("label_sum").tolist()
+        pooled = math.nan
+        per_group: dict[str, Any] = {}
+        for k in range(C):
+            values = []
+            for s in range(S):
+                n = count[k][s]
+                name = f"group_{s}" if C == 1 else f"label_{k}/group_{s}"
+                entry = {"count": int(n),
+                         "mean_prediction": out[k][s] / n if n else math.nan,
+                         "mean_raw": raw[k][s] / n if n else math.nan}
                 if self._decision:
-                    per_group[name]["positive_rate"] = \
-                        float(self.positive_sum[k, s] / cnt) if cnt else math.nan
+                    entry["positive_rate"] = pos[k][s] / n if n else math.nan
                 if self._residual:
-                    per_group[name]["mean_label"] = \
-                        float(self.label_sum[k, s] / cnt) if cnt else math.nan
+                    entry["mean_label"] = lab[k][s] / n if n else math.nan
+                per_group[name] = entry
+                if n:
+                    if self._decision:
+                        values.append(pos[k][s] / n)
+                    elif self._residual:
+                        values.append(abs(out[k][s] / n - lab[k][s] / n))
+                    else:
+                        values.append(out[k][s] / n)
+            if self._residual and values:
+                gap = max(values)
+            elif len(values) >= 2:
+                gap = max(values) - min(values)
+            else:
+                continue
+            pooled = gap if math.isnan(pooled) else max(pooled, gap)
+        v = {name: float(self._view(name)) for name in _SERVING_SCALARS}
+        steps = self.dual_update_count
+        wn, n = v["weighted_gap_samples"], v["cumulative_samples"]
+        eta_t = self.eta_0 / math.sqrt(max(steps, 1))
+        lam = self._view("multipliers")
         return {
-            "weighted_avg_fairness_gap": float(self.weighted_gap_sum) / wn if wn else math.nan,
+            "weighted_avg_fairness_gap": v["weighted_gap_sum"] / wn if wn else math.nan,
             "pooled_aggregate_gap": pooled,
             "aggregate_gap": pooled,
             "per_group": per_group,
-            "lambda_max": lam_max,
-            "lambda_final": float(self.dual.duals.max()) if self.dual.m else 0.0,
+            "lambda_max": v["lambda_max"],
+            "lambda_final": float(lam.max()) if lam.numel() else 0.0,
             "total_samples": int(n),
-            "num_batches": int(self.num_batches),
+            "num_batches": int(v["num_batches"]),
             "fairness_tolerance": self.fairness_tolerance,
-            "cumulative_weighted_violation": float(self.cumulative_weighted_violation),
-            "mean_squared_adjustment": float(self.squared_adjustment) / n if n else math.nan,
-            "eta_0": eta_0,
-            # Seed 001's bound on the weighted average gap: eps + lambda_max / (eta_T N).
-            "theoretical_bound": (self.fairness_tolerance + lam_max / (eta_t * n)
+            "cumulative_weighted_violation": v["cumulative_weighted_violation"],
+            "mean_squared_adjustment": v["squared_adjustment"] / n if n else math.nan,
+            "eta_0": self.eta_0,
+            # The original's bound on the weighted average gap: eps + lambda_max / (eta_T N).
+            "theoretical_bound": (self.fairness_tolerance + v["lambda_max"] / (eta_t * n)
                                   if n and eta_t > 0 else math.inf),
         }
 
     def evaluate(self, loader: Iterable, criterion: torch.nn.Module | None = None,
                  reset_before: bool = False) -> dict[str, Any]:
-        """Serve every batch of ``loader`` (``(x, y)`` or ``(x, groups, y)``) and report.
-
-        Returns the keys of the fairness_training small-batch streaming example: ``test_loss``
-        (``criterion`` on the adjusted outputs, when given), ``weighted_avg_fairness_gap``,
-        ``pooled_aggregate_gap`` and the rest of :meth:`stats`. The state is *not* reset unless
-        ``reset_before=True``.
-        """
+        """Serve every batch of ``loader`` (``(x, y)`` or ``(x, groups, y)``) and report:
+        ``test_loss`` (``criterion`` on the adjusted outputs, when given) and :meth:`stats`.
+        The state is *not* reset unless ``reset_before=True``."""
         if reset_before:
             self.reset()
         total, n = 0.0, 0
         for batch in loader:
-            if len(batch) == 3:
-                x, groups, y = batch
-                groups = groups.argmax(-1) if groups.dim() == 2 and groups.shape[1] > 1 \
-                    else groups
-            else:
-                x, y = batch
-                groups = None
-            labels = y if self.metric in _LABELLED else None
+            x, groups, y = _unpack(batch)
+            labels = y if self._labelled else None
             out = self.forward(x, groups, labels)
             if criterion is not None:
                 total += float(criterion(out, y.view_as(out).to(out.dtype))) * len(x)
@@ -640,3 +531,45 @@ class FairInference(torch.nn.Module):
         result = self.stats()
         result["test_loss"] = total / n if n else math.nan
         return result
+
+
+def _make_view(name: str) -> property:
+    return property(lambda self: self._view(name),
+                    doc=f"``{name}``: a view of the serving state (writing to it changes it).")
+
+
+for _name in _SERVING_CELLS + _SERVING_SCALARS:
+    setattr(FairInference, _name, _make_view(_name))
+
+
+def _unpack(batch: Any) -> tuple[Tensor, Tensor | None, Tensor]:
+    if len(batch) == 3:
+        x, groups, y = batch
+        if groups.dim() == 2 and groups.shape[1] > 1:
+            groups = groups.argmax(-1)
+        return x, groups, y
+    x, y = batch
+    return x, None, y
+
+
+def _decision_offsets(z: Tensor, q: Tensor, key: Tensor, C: int, S: int, t: float) -> Tensor:
+    """Per cell, the score shift under which thresholding reproduces the positives of ``q``
+    (moving the cell's threshold between its k-th and (k + 1)-th largest score)."""
+    nu = torch.zeros(C * S, dtype=torch.float64)
+    for c in range(C * S):
+        zc = z[key == c]
+        if zc.numel() == 0:
+            continue
+        k0 = int((zc >= t).sum())
+        k = int((q[key == c] >= t).sum())
+        if k == k0:
+            continue
+        top = zc.sort(descending=True).values
+        if k == 0:
+            cut = float(torch.nextafter(top[0], torch.tensor(math.inf, dtype=top.dtype)))
+        elif k == top.numel():
+            cut = float(top[-1])
+        else:
+            cut = 0.5 * float(top[k - 1] + top[k])
+        nu[c] = cut - t
+    return nu.view(C, S)

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from humancompatible_train.dual_optim import ALM, PrimalDual
+from humancompatible_train.dual_optim import ALM, PBM, SSG, MoreauEnvelope, PrimalDual, iALM
 
 EPS = 0.05
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -188,6 +188,27 @@ def variants(setting: Setting, m: int) -> dict[str, Callable[[], None]]:
     out["ours ALM"] = ours(ALM, lr=0.01)
     out["ours ALM (check_finite=False)"] = ours(ALM, lr=0.01, check_finite=False)
     out["ours PrimalDual"] = ours(PrimalDual, eta_0=0.5)
+    # The algorithms of issue 16, each beside the ALM it should cost the same as: iALM's
+    # Lagrangian is always augmented, so its reference is ALM with the quadratic term.
+    out["ours ALM (quadratic)"] = ours(ALM, lr=0.01, penalty=0.01)
+    out["ours iALM"] = ours(iALM, lr=0.01)
+    out["ours PBM"] = ours(PBM, lr=0.9)
+    out["ours SSG"] = ours(SSG)
+
+    def moreau():
+        # The primal wrapper: the same ALM step, the smoothing inside the optimizer's step.
+        dual = ALM(m=m, lr=0.01, is_ineq=True)
+        wrapped = MoreauEnvelope(opt, mu=0.1, beta=0.5)
+        draw = setting.batches()
+
+        def step():
+            x, sens, y = draw()
+            wrapped.zero_grad()
+            o = model(x)
+            dual.forward_update(bce(o, y), cons(o, sens)).backward()
+            wrapped.step()
+        return step
+    out["ours Moreau(ALM)"] = moreau()
 
     try:
         from humancompatible.train.dual_optim import ALM as PeerALM

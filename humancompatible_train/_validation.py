@@ -24,6 +24,7 @@ import torch
 
 __all__ = [
     "check_bool",
+    "check_bounds",
     "check_choice",
     "check_device",
     "check_float_dtype",
@@ -136,3 +137,18 @@ def check_device(name: str, value: Any, where: str = "") -> torch.device:
         raise ValueError(f"{where}{name}: device {str(device)!r} is not available here "
                          f"({first})") from None
     return device
+
+
+def check_bounds(name: str, value: Any, where: str = "") -> tuple[float, float]:
+    """A pair ``(lo, hi)`` of finite real numbers with ``lo < hi`` (prediction bounds)."""
+    what = "a pair (lo, hi) of finite numbers with lo < hi"
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise fail(name, what, value, where)
+    pair = tuple(value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Real)
+                             for v in pair):
+        raise fail(name, what, value, where)
+    lo, hi = float(pair[0]), float(pair[1])
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise fail(name, what, value, where)
+    return lo, hi

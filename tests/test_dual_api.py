@@ -52,11 +52,11 @@ def test_zero_dim_tensor_when_m_is_one():
         (torch.zeros(2), r"expected 3 constraint values"),
         (torch.zeros(3, 1), r"flat tensor of shape \(3,\)"),
         ([torch.zeros(1)], r"sequence of 2 tensors"),
-        ([torch.zeros(1), torch.zeros(3)], r"group 'b' expects shape \(2,\)"),
+        ([torch.zeros(1), torch.zeros(3)], r"group 'b': expected shape \(2,\), got \(3,\)"),
         ({"a": torch.zeros(1)}, r"missing \['b'\]"),
         ({"a": torch.zeros(1), "b": torch.zeros(2), "c": torch.zeros(1)}, r"unexpected \['c'\]"),
         (3.0, r"got float"),
-        (torch.zeros(3, dtype=torch.float64), r"dtype torch.float64"),
+        (torch.zeros(3, dtype=torch.float64), r"expected dtype torch.float32 .*got torch.float64"),
         (torch.tensor([0.0, float("nan"), 1.0]), r"group 'b' at index \[0\]"),
         (torch.tensor([float("inf"), 0.0, 1.0]), r"group 'a' at index \[0\]"),
     ],
@@ -86,7 +86,8 @@ def test_nan_in_proxy_or_lagrangian_values_changes_nothing():
 def test_non_scalar_loss_raises_before_any_step():
     dual = two_groups()
     snap = snapshot(dual)
-    with pytest.raises(ValueError, match=r"loss must be a scalar \(0-d\) tensor, got shape \(4,\)"):
+    with pytest.raises(ValueError,
+                       match=r"loss: expected a scalar \(0-d\) tensor, got shape \(4,\)"):
         dual.forward_update(torch.zeros(4), torch.ones(3))
     assert_unchanged(dual, snap)
 
@@ -117,17 +118,21 @@ def test_proxy_values_drive_the_dual_and_constraints_the_lagrangian():
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda: ALM(2, init_duals=[1.0, 2.0, 3.0]), r"init_duals must be a number or hold m=2"),
-        (lambda: ALM(1, is_ineq=True, init_duals=-1.0), r"dual range"),
-        (lambda: ALM(0), r"m must be a positive int"),
-        (lambda: ALM(1, lr=-1.0), r"lr must be a number >= 0"),
-        (lambda: ALM(1, augmentation="cubic", penalty=1.0), r"augmentation must be one of"),
-        (lambda: ALM(1, augmentation="hpr"), r"needs penalty > 0"),
-        (lambda: ALM(1, restart=True), r"needs is_ineq=True"),
-        (lambda: ALM(1, momentum=1.0), r"momentum must be in \[0, 1\)"),
-        (lambda: ALM(1, dual_range=(1.0, 0.0)), r"low <= high"),
-        (lambda: PrimalDual(1, decay="cosine"), r"decay must be one of"),
-        (lambda: ALM(1, dtype=torch.int64), r"floating-point"),
+        (lambda: ALM(2, init_duals=[1.0, 2.0, 3.0]),
+         r"init_duals: expected a finite number or a tensor/sequence of m=2 .*got 3 values"),
+        (lambda: ALM(1, is_ineq=True, init_duals=-1.0),
+         r"init_duals: expected values in the dual range \[0.0, inf\], got \[-1.0\]"),
+        (lambda: ALM(0), r"^m: expected a positive int, got 0$"),
+        (lambda: ALM(1, lr=-1.0), r"'g0': lr: expected a finite number >= 0.0, got -1.0$"),
+        (lambda: ALM(1, augmentation="cubic", penalty=1.0),
+         r"augmentation: expected one of \(None, 'quadratic', 'hpr'\), got 'cubic'"),
+        (lambda: ALM(1, augmentation="hpr"), r"penalty: expected a number > 0 with augmentation"),
+        (lambda: ALM(1, restart=True), r"restart: expected False for an equality group"),
+        (lambda: ALM(1, momentum=1.0), r"momentum: expected a finite number in \[0.0, 1.0\)"),
+        (lambda: ALM(1, dual_range=(1.0, 0.0)), r"dual_range: expected .* low <= high"),
+        (lambda: PrimalDual(1, decay="cosine"),
+         r"decay: expected one of \('sqrt', 'constant'\) or a callable"),
+        (lambda: ALM(1, dtype=torch.int64), r"dtype: expected a floating-point torch.dtype"),
     ],
 )
 def test_construction_errors(make, match):
@@ -137,7 +142,7 @@ def test_construction_errors(make, match):
 
 def test_add_group_errors():
     dual = ALM(1, name="a")
-    with pytest.raises(ValueError, match="named 'a' exists already"):
+    with pytest.raises(ValueError, match="got 'a', which exists already"):
         dual.add_constraint_group(1, name="a")
     with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) \['gamma'\]"):
         dual.add_constraint_group(1, gamma=1.0)
@@ -187,7 +192,8 @@ def test_load_state_dict_rejects_other_groups_and_changes_nothing():
     renamed.add_constraint_group(2, name="b")
     with pytest.raises(ValueError, match="cannot load"):
         dual.load_state_dict(renamed.state_dict())
-    with pytest.raises(ValueError, match="keys 'state', 'param_groups' and 'duals'"):
+    with pytest.raises(ValueError, match=r"with keys \['algorithm', 'state', 'param_groups', "
+                       r"'duals'\], got keys \['state'\]"):
         dual.load_state_dict({"state": {}})
     assert_unchanged(dual, snap)
 
@@ -323,7 +329,7 @@ def test_one_tensor_and_the_general_path_give_the_same_trajectory(make):
     [
         (torch.tensor([0.0, float("nan"), 1.0]), r"group 'g0' at index \[1\]"),
         (torch.tensor([float("-inf"), 0.0, float("inf")]), r"group 'g0' at index \[0, 2\]"),
-        (torch.zeros(3, dtype=torch.float64), r"dtype torch.float64"),
+        (torch.zeros(3, dtype=torch.float64), r"got torch.float64"),
         (torch.zeros(2), r"expected 3 constraint values"),
         (torch.zeros(3, 1), r"flat tensor of shape \(3,\)"),
     ],
@@ -334,7 +340,7 @@ def test_one_group_errors_change_nothing(bad, match):
     snap = snapshot(dual)
     with pytest.raises(ValueError, match=match):
         dual.forward_update(torch.tensor(0.0), bad)
-    with pytest.raises(ValueError, match=r"loss must be a scalar"):
+    with pytest.raises(ValueError, match=r"loss: expected a scalar"):
         dual.forward_update(torch.zeros(2), torch.ones(3))
     assert_unchanged(dual, snap)
 

@@ -72,8 +72,15 @@ def test_quadratic_augmentation_values():
     assert ineq.forward(zero, torch.tensor(0.3)).item() == pytest.approx(0.15 + 0.09)
     assert ineq.forward(zero, torch.tensor(-0.3)).item() == pytest.approx(-0.15)
     assert eq.forward(zero, torch.tensor(-0.3)).item() == pytest.approx(-0.15 + 0.09)
-    # penalty without an augmentation name means quadratic
-    assert ALM(1, penalty=1.0).param_groups[0]["augmentation"] == "quadratic"
+    # penalty without an augmentation name means quadratic, read at use: a penalty set later
+    # takes effect too
+    implicit = ALM(1, penalty=2.0, is_ineq=True, init_duals=0.5)
+    assert implicit.param_groups[0]["augmentation"] is None
+    assert implicit.forward(zero, torch.tensor(0.3)).item() == pytest.approx(0.15 + 0.09)
+    later = ALM(1, is_ineq=True, init_duals=0.5)
+    assert later.forward(zero, torch.tensor(0.3)).item() == pytest.approx(0.15)
+    later.param_groups[0]["penalty"] = 2.0
+    assert later.forward(zero, torch.tensor(0.3)).item() == pytest.approx(0.15 + 0.09)
 
 
 def test_primal_dual_sqrt_schedule():

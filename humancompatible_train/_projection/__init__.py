@@ -7,7 +7,10 @@ family of group-mean constraints; they share these solvers rather than keep copi
 
 * :mod:`.solver`: the exact, differentiable Euclidean projection of a batch onto band
   (parity, equalized odds) or fixed-interval (mean residual) constraints on cell means, with
-  optional prediction bounds (:func:`project_cells`, :func:`project_groups`);
+  optional prediction bounds (:func:`project_cells`, :func:`project_groups`); it starts from
+  :class:`.batch.Cells` (each cell's size and sum), solves two groups of one class in
+  :mod:`.pair` (on the host for CPU tensors: the small-batch path) and differentiates with
+  :mod:`.grad`;
 * :mod:`.streaming`: the small exact problems of the streaming step (the weighted band
   projection of group values and the two-group QP with a batch and a pooled band);
 * :mod:`.decisions`: the fewest-flips projection onto a band of positive-decision rates.

@@ -67,15 +67,18 @@ Algorithm (exact: it terminates with the root, no tolerance):
   of an :math:`O(N)` cumulative sum (relative :math:`\sim N \cdot 10^{-16}`), the per-cell
   points are exact. Cost: two sorts of :math:`2N + 2C` keys (the second a merge of sorted
   runs) and :math:`O(N)` cumulative sums, for any number of groups.
-* **Box, one class of two groups** (the common case): :math:`\alpha_0 = -\alpha_1` leaves
-  one unknown :math:`s = \alpha_0`, and the gap :math:`M_0(s/n_0) - M_1(-s/n_1)` is a
-  continuous, non-decreasing polyline in ``s`` whose 2N kinks need no per-cell inverse: one
-  sort and two cumulative sums give it everywhere, and ``s`` is interpolated where it meets
-  :math:`\pm\varepsilon` (:func:`_pair_boxed`, under half the general sweep's cost).
+* **One class of two groups** (the common case, :mod:`.pair`): one unknown
+  :math:`s = \alpha_0 = -\alpha_1`; a closed form without the box, and with it the gap
+  :math:`M_0(s/n_0) - M_1(-s/n_1)` as one polyline from one sort of its 2N kinks. On the CPU
+  its few per-cell numbers are read on the host and every branch is a Python ``if``, so a
+  small batch costs a constant of a few microseconds plus that sort.
 
-The fixed problem uses the same
-  events: each cell's interval ends are looked up on its own polyline :math:`(M_c, \delta)`
-  by counting its events below them (exact comparisons, no float search keys).
+* **Fixed problem**: the same events; each cell's interval ends are looked up on its own
+  polyline :math:`(M_c, \delta)` by counting its events below them (exact comparisons, no
+  float search keys).
+
+The box holds for every row: a class with fewer than two groups (nothing to compare) is only
+clipped to it, with zero shifts and multipliers.
 
 If the unbounded solution already lies in the box it is the bounded one (it is optimal for a
 relaxation and feasible). On the CPU the box search runs only when it is needed; on
@@ -106,37 +109,18 @@ All internal arithmetic is float64; ``q`` comes back in the dtype of ``z``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Solution", "project_cells", "project_groups"]
+from .batch import Cells, Solution, host_branch
+from .grad import Apply
+from .pair import pair_boxed, pair_host
+
+__all__ = ["Cells", "Solution", "project_cells", "project_groups"]
 
 _F64 = torch.float64
-
-
-@dataclass
-class Solution:
-    """Result of :func:`project_cells` (all tensors; nothing read back by the host).
-
-    Attributes:
-        q: the projection, shaped and typed like ``z``.
-        shifts: ``(K, S)`` each cell's shift :math:`\\delta_c` before the box.
-        counts: ``(K, S)`` rows per cell (float).
-        band: ``(K,)`` the band position :math:`t_k` (NaN for the fixed problem).
-        changed: ``(K,)`` bool, the class had at least two groups (band) or rows (fixed), so
-            its constraints were enforced; rows of other classes are returned as they are.
-        box_active: 0-d bool, the box changed the solution (the bounded search was needed).
-    """
-
-    q: Tensor
-    shifts: Tensor
-    counts: Tensor
-    band: Tensor
-    changed: Tensor
-    box_active: Tensor
 
 
 # ----------------------------------------------------------------------------- no box
@@ -280,62 +264,6 @@ def _band_boxed(z: Tensor, cell: Tensor, n: Tensor, K: int, S: int, eps: float, 
     return t, (alpha / n.reshape(-1).clamp(min=1)).view(K, S), P.scale
 
 
-def _pair_boxed(z: Tensor, cell: Tensor, n: Tensor, eps: float, lo: float, hi: float
-                ) -> tuple[Tensor, Tensor, Tensor]:
-    """Band problem with the box for one class of two groups; same returns as
-    :func:`_band_boxed`.
-
-    With two cells the stationarity :math:`\\alpha_0 + \\alpha_1 = 0` leaves one unknown,
-    :math:`s = \\alpha_0 = n_0\\delta_0 = -n_1\\delta_1`, and the gap
-    :math:`G(s) = M_0(s/n_0) - M_1(-s/n_1)` is continuous, non-decreasing and piecewise
-    linear in it, with slope :math:`a_0/n_0^2 + a_1/n_1^2` (:math:`a_c` the cell's rows inside
-    the box) and kinks at :math:`s = k_c(lo - z_i)` and :math:`k_c(hi - z_i)`,
-    :math:`k = (n_0, -n_1)`. From :math:`s \\to -\\infty` (cell 0 on ``lo``, cell 1 on ``hi``)
-    one sort of the 2N kinks and two cumulative sums give ``G`` at every kink. If
-    :math:`|G(0)| \\le \\varepsilon` the box alone is the projection (s = 0); otherwise
-    the root of :math:`G(s) = \\pm\\varepsilon` (the sign of :math:`G(0)`) nearest 0 is
-    interpolated on the piece that holds it. One sort of 2N keys instead of the general
-    sweep's two of 2N + 2C. The root carries the rounding of the cumulative sums (relative
-    :math:`\\sim N \\cdot 10^{-16}`: a gap within :math:`4 \\cdot 10^{-11}` of
-    :math:`\\varepsilon` at :math:`N = 10^6`, against :math:`10^{-13}` for the sweep's exact
-    per-cell points).
-    """
-    nn = n.reshape(2).clamp(min=1)
-    # Built on the device (no tensors from Python lists: on an accelerator those are copies
-    # from the host that wait for it).
-    k = torch.cat([nn[:1], -nn[1:]])
-    ends = torch.full((2, 1), hi, dtype=_F64, device=z.device)
-    ends[0] = lo
-    # Per row: its lo and hi kinks, and the slope change 1 / (k n) at its lo kink (entering
-    # the box for cell 0, leaving it for cell 1); its hi kink changes the slope by the opposite.
-    es, order = torch.sort(((ends - z) * k.index_select(0, cell)).view(-1))
-    u = (1.0 / (k * nn)).index_select(0, cell)
-    # Clamped at 0 so that rounding cannot make G decrease: it is searched below.
-    slope = torch.cat([u, -u]).index_select(0, order).cumsum_(0).clamp_(min=0)
-    G = torch.empty_like(es)
-    G[0] = lo - hi
-    torch.sub(es[1:], es[:-1], out=G[1:]).mul_(slope[:-1])
-    G.cumsum_(0)
-    m = torch.bincount(cell, weights=z.clamp(lo, hi), minlength=2) / nn
-    gap = m[0] - m[1]
-    target = gap.sign() * eps  # a zero gap is slack: its target is never used
-    # The root nearest s = 0: after the last kink with G <= target when s < 0, with
-    # G < target when s > 0 (a flat G, both cells on the box, then keeps the smaller
-    # multiplier); the latter is G <= the float just below the target.
-    key = torch.where(gap > 0, target, torch.nextafter(target, target - 1.0))
-    j = torch.searchsorted(G, key.view(1), right=True).clamp_(1, es.numel() - 1)
-    ij = torch.cat([j - 1, j])
-    (e0, e1), G0, S0 = es.index_select(0, ij), G.index_select(0, ij[:1]), slope.index_select(
-        0, ij[:1])
-    s = torch.minimum(torch.maximum(e0 + (target - G0) / S0.clamp(min=1e-300), e0), e1)
-    s = torch.where(gap.abs() <= eps, 0.0, s)
-    delta = s / k
-    q = (z + delta.index_select(0, cell)).clamp_(lo, hi)
-    t = (torch.bincount(cell, weights=q, minlength=2) / nn).min()
-    zmin, zmax = torch.aminmax(z)
-    return t.view(1), delta.view(1, 2), zmax - zmin + (hi - lo)
-
-
 def _fixed_boxed(z: Tensor, cell: Tensor, n: Tensor, K: int, S: int, lower: Tensor,
                  upper: Tensor, lo: float, hi: float) -> tuple[Tensor, Tensor]:
     """Each cell's mean into its own interval [lower_c, upper_c] (within [lo, hi]);
@@ -360,68 +288,10 @@ def _fixed_boxed(z: Tensor, cell: Tensor, n: Tensor, K: int, S: int, lower: Tens
     return torch.where(n > 0, d, 0.0), P.scale
 
 
-# --------------------------------------------------------------------------- autograd
-def _values(z: Tensor, shifted: Tensor, keep: Tensor, bounds: tuple[float, float] | None
-            ) -> Tensor:
-    """q: the shifted rows within the box, in z's dtype; kept rows as they are."""
-    return torch.where(keep, z, (shifted.clamp(*bounds) if bounds else shifted).to(z.dtype))
-
-
-class _Apply(torch.autograd.Function):
-    """q = clip(z + delta[cell], lo, hi) on changed rows, with the exact piecewise-affine
-    derivative of the projection (see the module docstring)."""
-
-    @staticmethod
-    def forward(ctx: Any, z: Tensor, shifted: Tensor, cell: Tensor, keep: Tensor,
-                n: Tensor, active: Tensor, K: int, S: int, coupled: bool,
-                bounds: tuple[float, float] | None) -> Tensor:
-        """``shifted``: the float64 rows ``z + delta[cell]`` (not clipped, no gradient)."""
-        q = _values(z, shifted, keep, bounds)
-        ctx.save_for_backward(cell, keep, shifted, n, active)
-        ctx.shape = (K, S, coupled, bounds)
-        return q
-
-    @staticmethod
-    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
-        (v,) = grads
-        cell, keep, shifted, n, active = ctx.saved_tensors
-        K, S, coupled, bounds = ctx.shape
-        C = K * S
-        if bounds is not None:
-            free = (shifted > bounds[0]) & (shifted < bounds[1]) | keep
-        else:
-            free = torch.ones_like(keep)
-        u = torch.where(free, v.to(_F64), torch.zeros((), dtype=_F64, device=v.device))
-        solved = free & ~keep
-        a = torch.zeros(C, dtype=_F64, device=v.device).index_add_(0, cell, solved.to(_F64))
-        U = torch.zeros(C, dtype=_F64, device=v.device).index_add_(
-            0, cell, torch.where(solved, u, torch.zeros_like(u)))
-        act = active.reshape(-1) & (a > 0)
-        inv_a = torch.where(act, 1.0 / a.clamp(min=1), torch.zeros_like(a))
-        corr = -U * inv_a
-        if coupled:
-            nn = n.reshape(-1)
-            num = (nn * U * inv_a).view(K, S).sum(-1)
-            den = (nn * nn * inv_a).view(K, S).sum(-1)
-            # A binding cell with every row on the box has a flat mean map: the band sits on
-            # that jump of F, so t_k is locally constant and the cells decouple.
-            pinned = (active.reshape(-1) & (a == 0)).view(K, S).any(-1)
-            ratio = torch.where((den > 0) & ~pinned, num / torch.where(den > 0, den, 1.0), 0.0)
-            corr = corr + nn * inv_a * ratio.repeat_interleave(S)
-        g = u + torch.where(solved, corr[cell], torch.zeros_like(u))
-        return (g.to(v.dtype),) + (None,) * 9
-
-
 # ----------------------------------------------------------------------------- driver
-def _host_branch(device: torch.device) -> bool:
-    """Whether reading a flag back costs nothing (CPU tensors): then the bounded search
-    is skipped when the box is inactive instead of computed and discarded."""
-    return device.type == "cpu"
-
-
 def project_cells(z: Tensor, cell: Tensor, K: int, S: int, eps: float,
-                  bounds: tuple[float, float] | None = None, targets: Tensor | None = None
-                  ) -> Solution:
+                  bounds: tuple[float, float] | None = None, targets: Tensor | None = None,
+                  cells: Cells | None = None) -> Solution:
     """Exact projection of ``z`` (N,) with rows in cells ``cell`` (N,) of ``0..K*S-1``.
 
     Args:
@@ -429,59 +299,100 @@ def project_cells(z: Tensor, cell: Tensor, K: int, S: int, eps: float,
         cell: int64 cell of every row, ``class * S + group``.
         K, S: number of classes and of groups.
         eps: tolerance :math:`\\varepsilon \\ge 0`.
-        bounds: optional ``(lo, hi)`` box with ``lo < hi``.
+        bounds: optional ``(lo, hi)`` box with ``lo < hi``; it holds for every row, also in
+            a class with fewer than two groups (there it is the whole projection).
         targets: ``None`` for the band problem; else ``(K, S)`` centres :math:`\\bar y_c` of the
             fixed intervals :math:`[\\bar y_c - \\varepsilon, \\bar y_c + \\varepsilon]`, which
             must meet ``[lo, hi]`` for every present cell (the caller checks).
+        cells: ``Cells(z, cell, K, S, band=targets is None)`` when the caller built it
+            already (to check the inputs from its sums).
 
-    Returns a :class:`Solution`. Differentiable in ``z``.
+    Returns a :class:`~.batch.Solution`. Differentiable in ``z``.
+
+    Raises:
+        IndexError: a cell id outside ``0..K*S-1`` (when ``cells`` is not given).
     """
-    C = K * S
-    zd = z.detach().to(_F64)
-    n = torch.bincount(cell, minlength=C).to(_F64).view(K, S)
-    mu = torch.bincount(cell, weights=zd, minlength=C).view(K, S) / n.clamp(min=1)
+    if cells is None:
+        cells = Cells(z, cell, K, S, band=targets is None)
+    grad = z.requires_grad and torch.is_grad_enabled()
+    if cells.host:
+        if math.isfinite(cells.total):
+            sol: Solution = pair_host(cells, eps, bounds)
+        else:  # unchecked NaN/Inf rows give NaN, as on the other paths, without NumPy warnings
+            with np.errstate(all="ignore"):
+                sol = pair_host(cells, eps, bounds)
+        qn = sol.q.numpy()
+        sol.q = torch.from_numpy(qn.astype(np.float32, copy=False)) \
+            if z.dtype == torch.float32 else sol.q
+        if grad:  # the derivative on the host too
+            (d0, d1), n = sol.shifts_host, sol.counts_host
+            free = None if bounds is None else (qn > bounds[0]) & (qn < bounds[1])
+            active = np.array([[d0 != 0, d1 != 0]])
+            sol.q = Apply.apply(z, (sol.q, cells.cn.copy(), free, np.array([n]), active),
+                                K, S, True)
+        return sol
+    qd, shifts, band, changed, box_active = _solve(
+        cells.zd, cell, cells.n.view(K, S), cells.sums.view(K, S), K, S, eps, bounds, targets)
+    sol = Solution(qd.to(z.dtype), shifts, cells.n.view(K, S), band, changed, box_active)
+    if grad:
+        free = None if bounds is None else (qd > bounds[0]) & (qd < bounds[1])
+        sol.q = Apply.apply(z, (sol.q, cell, free, sol.counts, shifts != 0), K, S,
+                            targets is None)
+    return sol
+
+
+def _solve(zd: Tensor, cell: Tensor, n: Tensor, sums: Tensor, K: int, S: int, eps: float,
+           bounds: tuple[float, float] | None, targets: Tensor | None
+           ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Any number of classes and groups, any device: ``(qd, shifts, band, changed,
+    box_active)`` with ``qd`` the float64 solution."""
+    mu = sums / n.clamp(min=1)
     present = n > 0
     fixed = targets is not None
     if fixed:
         lower, upper = targets.to(_F64) - eps, targets.to(_F64) + eps  # type: ignore[union-attr]
         if bounds is not None:
             lower, upper = lower.clamp(*bounds), upper.clamp(*bounds)
-        band = torch.full((K,), math.nan, dtype=_F64, device=z.device)
+        band = torch.full((K,), math.nan, dtype=_F64, device=zd.device)
         delta = torch.minimum(torch.maximum(mu, lower), upper) - mu
         changed = present.any(-1)
     else:
         band, delta = _band_unboxed(mu, n, eps)
         changed = present.sum(-1) >= 2
-    # Rows of a class whose constraints cannot apply come back as they are.
+        band = torch.where(changed, band, math.nan)  # no constraint: no band
+    # A class whose constraints cannot apply keeps its rows (then only the box acts).
     use = changed.unsqueeze(-1) & present
     delta = torch.where(use, delta, 0.0)
-    keep = ~(changed.expand(z.numel()) if K == 1 else changed.repeat_interleave(S)[cell])
     shifted = zd + delta.view(-1).index_select(0, cell)
-    box_active = torch.zeros((), dtype=torch.bool, device=z.device)
-    if bounds is not None:
-        lo, hi = bounds
-        box_active = ((shifted.clamp(lo, hi) != shifted) & ~keep).any()
-        # CPU: run the bounded search only when needed. Elsewhere: always, and select, so
-        # that no step waits for the host.
-        if not _host_branch(z.device) or bool(box_active):
-            if fixed:
-                d_box, scale = _fixed_boxed(zd, cell, n, K, S, lower, upper, lo, hi)
-                t_box = band
-            else:
-                t_box, d_box, scale = _pair_boxed(zd, cell, n, eps, lo, hi) \
-                    if K == 1 and S == 2 else _band_boxed(zd, cell, n, K, S, eps, lo, hi)
-            # Shifts at rounding level (a cell whose mean sits exactly on a kink of the
-            # interpolated map) are zero: its constraint does not bind.
-            tiny = 1e-12 * (1.0 + max(abs(lo), abs(hi)) + scale)
-            d_box = torch.where((d_box.abs() > tiny) & use, d_box, 0.0)
-            delta = torch.where(box_active, d_box, delta)
-            band = torch.where(box_active, t_box, band)
-            shifted = zd + delta.view(-1).index_select(0, cell)
-    if z.requires_grad and torch.is_grad_enabled():
-        q = _Apply.apply(z, shifted, cell, keep, n, delta != 0, K, S, not fixed, bounds)
-    else:  # no graph to record: skip the autograd Function's own cost
-        q = _values(z, shifted, keep, bounds)
-    return Solution(q, delta, n, band, changed, box_active)
+    box_active = torch.zeros((), dtype=torch.bool, device=zd.device)
+    if bounds is None:
+        return shifted, delta, band, changed, box_active
+    lo, hi = bounds
+    outside = (shifted < lo) | (shifted > hi)
+    box_active = outside.any()
+    # The bounded search is needed when the box cuts rows of a constrained class; the box
+    # alone is the projection of the others.
+    if K == 1:
+        need = box_active & changed[0]
+    else:
+        need = (outside & changed.repeat_interleave(S).index_select(0, cell)).any()
+    # CPU: run the bounded search only when needed. Elsewhere: always, and select, so that no
+    # step waits for the host.
+    if not host_branch(zd.device) or bool(need):
+        if fixed:
+            d_box, scale = _fixed_boxed(zd, cell, n, K, S, lower, upper, lo, hi)
+            t_box = band
+        else:
+            t_box, d_box, scale = pair_boxed(zd, cell, n, eps, lo, hi) \
+                if K == 1 and S == 2 else _band_boxed(zd, cell, n, K, S, eps, lo, hi)
+        # Shifts at rounding level (a cell whose mean sits exactly on a kink of the
+        # interpolated map) are zero: its constraint does not bind.
+        tiny = 1e-12 * (1.0 + max(abs(lo), abs(hi)) + scale)
+        d_box = torch.where((d_box.abs() > tiny) & use, d_box, 0.0)
+        delta = torch.where(need, d_box, delta)
+        band = torch.where(need & changed, t_box, band)
+        shifted = zd + delta.view(-1).index_select(0, cell)
+    return shifted.clamp_(lo, hi), delta, band, changed, box_active
 
 
 def project_groups(z: Tensor, cell: Tensor, n_cells: int, n_classes: int, eps: float,

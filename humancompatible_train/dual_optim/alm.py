@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._validation import check_bool, check_choice, check_real, fail
 from .base import DualOptimizer, linear_term
 
 __all__ = ["ALM"]
@@ -33,25 +34,37 @@ class ALM(DualOptimizer):
     only), :math:`\lambda_i` is reset to 0 whenever :math:`c_i < 0`, so a satisfied constraint
     stops pulling at once (the dual restarts of arXiv 2504.07607).
 
+    Departure from :class:`torch.optim.SGD`: SGD starts its buffer at the first gradient
+    (:math:`b_1 = c_0`, no dampening on step 1); here :math:`b_0 = 0`, so with dampening the
+    first step is :math:`b_1 = (1-\delta) c_0`, and every step has the same form.
+
+    The momentum is stored in each param group under ``"dual_momentum"`` (the constructor
+    and :meth:`add_constraint_group` take it as ``momentum``), so that
+    :class:`~torch.optim.lr_scheduler.OneCycleLR` and
+    :class:`~torch.optim.lr_scheduler.CyclicLR` do not cycle it: with their default
+    ``cycle_momentum=True`` they refuse this optimizer; pass ``cycle_momentum=False``.
+
     **Lagrangian** :math:`f + \sum_g \ell_g`, by ``augmentation`` with penalty :math:`\rho`:
 
-    * ``None``: :math:`\ell = \lambda^\top c`;
+    * ``None``: :math:`\ell = \lambda^\top c` (with ``penalty > 0``: as ``"quadratic"``);
     * ``"quadratic"``: :math:`\ell = \lambda^\top c + \tfrac{\rho}{2}\|c\|^2` for equality
       groups and :math:`\lambda^\top c + \tfrac{\rho}{2}\|[c]_+\|^2` for inequality groups;
-    * ``"hpr"`` (Hestenes 1969; Powell 1969; Rockafellar 1973): for inequality groups
+    * ``"hpr"`` (Hestenes, JOTA 1969; Powell, in *Optimization*, Academic Press 1969;
+      Rockafellar, Math. Programming 1973): for inequality groups
       :math:`\ell = \tfrac{1}{2\rho}\big(\|[\lambda + \rho c]_+\|^2 - \|\lambda\|^2\big)`,
       which is :math:`\lambda^\top c + \tfrac{\rho}{2}\|c\|^2` where :math:`\lambda+\rho c>0`
       and :math:`-\|\lambda\|^2/2\rho` elsewhere; for equality groups it coincides with
       ``"quadratic"``.
 
-    ``augmentation=None`` with ``penalty > 0`` means ``"quadratic"``.
+    The augmentation is read from the group at every use, so a penalty set later (by hand or
+    by a checkpoint) takes effect; a named augmentation needs ``penalty > 0``.
 
     The default step ``lr=0.1`` is the best single dual step measured for fairness rows of a
     few hundredths on batches of 64 to 1024 (``benchmarks/fairness_tradeoff.py``; the former
     default, 0.01, does not reach the multiplier's optimum within ten epochs there).
     :class:`~humancompatible_train.dual_optim.AdaptiveDual` needs no step at all.
 
-    Example (seed 002)::
+    Example (humancompatible-train's basic-usage example)::
 
         dual = ALM(m=1, lr=0.01, is_ineq=True)
         for x, s, y in loader:
@@ -61,9 +74,13 @@ class ALM(DualOptimizer):
             lagr.backward()
             optimizer.step()
 
-    Reference: Bertsekas, *Constrained Optimization and Lagrange Multiplier Methods* (1982);
-    humancompatible-train, arXiv 2504.07607.
+    References: Bertsekas, *Constrained Optimization and Lagrange Multiplier Methods*,
+    Academic Press (1982); Arrow, Hurwicz & Uzawa, *Studies in Linear and Non-linear
+    Programming*, Stanford University Press (1958) for the gradient descent--ascent loop;
+    the humancompatible-train toolkit, arXiv 2504.07607 (2025), for dual momentum and restarts.
     """
+
+    _ALIASES = {"momentum": "dual_momentum"}
 
     def __init__(
         self,
@@ -80,7 +97,7 @@ class ALM(DualOptimizer):
         restart: bool = False,
         name: str | None = None,
         device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         process_group: Any | None = None,
         check_finite: bool = True,
     ) -> None:
@@ -88,7 +105,7 @@ class ALM(DualOptimizer):
             lr=lr,
             penalty=penalty,
             augmentation=augmentation,
-            momentum=momentum,
+            dual_momentum=momentum,
             dampening=dampening,
             restart=restart,
         )
@@ -107,29 +124,21 @@ class ALM(DualOptimizer):
 
     def _validate_group(self, group: dict[str, Any], where: str) -> None:
         super()._validate_group(group, where)
-        penalty, aug = group["penalty"], group["augmentation"]
-        if not isinstance(penalty, (int, float)) or not penalty >= 0:
-            raise ValueError(f"{where}: penalty must be a number >= 0, got {penalty!r}")
-        if aug not in _AUGMENTATIONS:
+        at = f"{where}: "
+        penalty = check_real("penalty", group["penalty"], low=0.0, where=at)
+        aug = check_choice("augmentation", group["augmentation"], _AUGMENTATIONS, where=at)
+        if aug is not None and penalty == 0:
+            raise fail("penalty", f"a number > 0 with augmentation={aug!r} "
+                       "(augmentation=None gives the plain Lagrangian)", group["penalty"], at)
+        check_real("momentum", group["dual_momentum"], low=0.0, high=1.0, high_open=True,
+                   where=at)
+        if group["dampening"] is not None:
+            check_real("dampening", group["dampening"], low=0.0, high=1.0, where=at)
+        if check_bool("restart", group["restart"], at) and not group["is_ineq"]:
             raise ValueError(
-                f"{where}: augmentation must be one of {_AUGMENTATIONS}, got {aug!r}"
-            )
-        if aug is None and penalty > 0:
-            group["augmentation"] = "quadratic"
-        if aug is not None and not penalty > 0:
-            raise ValueError(
-                f"{where}: augmentation={aug!r} needs penalty > 0, got penalty={penalty!r}"
-            )
-        mom = group["momentum"]
-        if not isinstance(mom, (int, float)) or not 0 <= mom < 1:
-            raise ValueError(f"{where}: momentum must be in [0, 1), got {mom!r}")
-        damp = group["dampening"]
-        if damp is not None and (not isinstance(damp, (int, float)) or not 0 <= damp <= 1):
-            raise ValueError(f"{where}: dampening must be None or in [0, 1], got {damp!r}")
-        if group["restart"] and not group["is_ineq"]:
-            raise ValueError(
-                f"{where}: restart=True zeroes multipliers of satisfied inequality constraints "
-                "and needs is_ineq=True"
+                f"{at}restart: expected False for an equality group (restart=True zeroes "
+                "multipliers of satisfied inequality constraints and needs is_ineq=True), "
+                "got True"
             )
 
     def _init_state(self, group: dict[str, Any]) -> dict[str, Any]:
@@ -140,20 +149,22 @@ class ALM(DualOptimizer):
         duals = group["params"][0]
         damp = group["dampening"] or 0.0
         lr = group["lr"]
-        if group["momentum"] == 0.0:
+        momentum = group["dual_momentum"]
+        if momentum == 0.0:
             # b = (1 - delta) c: fold the factor into the step size, no buffer arithmetic.
             step, lr = c, lr * (1.0 - damp)
         else:
-            step = state["momentum_buffer"].mul_(group["momentum"]).add_(c, alpha=1.0 - damp)
+            step = state["momentum_buffer"].mul_(momentum).add_(c, alpha=1.0 - damp)
         self._clamp(group, duals.add_(step, alpha=lr))
         if group["restart"]:
             duals.masked_fill_(c < 0, 0.0)
 
     def _lagrangian_term(self, group: dict[str, Any], duals: Tensor, c: Tensor) -> Tensor:
-        aug = group["augmentation"]
+        aug, rho = group["augmentation"], group["penalty"]
         if aug is None:
-            return linear_term(duals, c)
-        rho = group["penalty"]
+            if rho == 0:
+                return linear_term(duals, c)
+            aug = "quadratic"
         if aug == "hpr" and group["is_ineq"]:
             shifted = torch.relu(duals + rho * c)
             return (shifted.square().sum() - duals.square().sum()) / (2.0 * rho)
@@ -163,4 +174,4 @@ class ALM(DualOptimizer):
 
     def _zero_step_is_identity(self, group: dict[str, Any]) -> bool:
         # Without momentum, c = 0 gives clamp(lambda + 0) = lambda and no restart.
-        return group["momentum"] == 0.0
+        return group["dual_momentum"] == 0.0

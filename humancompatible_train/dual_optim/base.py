@@ -17,8 +17,14 @@ Each *constraint group* is one ``param_group`` of a :class:`torch.optim.Optimize
 size, sense (``is_ineq``), multiplier range and algorithm hyperparameters, so learning-rate
 schedulers and ``state_dict`` habits carry over unchanged.
 
-Subclasses only state their update rule (:meth:`DualOptimizer._dual_step`) and, when it is not
-the plain :math:`\lambda^\top c`, their Lagrangian term (:meth:`DualOptimizer._lagrangian_term`).
+Subclasses state their update rule (:meth:`DualOptimizer._dual_step`) and, when it is not the
+plain :math:`\lambda^\top c`, their Lagrangian term (:meth:`DualOptimizer._lagrangian_term`).
+The other hooks, each with a default: :meth:`~DualOptimizer._validate_group` (hyperparameters;
+run at construction, whenever a param group's values change, and in ``load_state_dict``),
+:meth:`~DualOptimizer._init_state`, :meth:`~DualOptimizer._validate_state`,
+:meth:`~DualOptimizer._prepare_step` (checks that depend on the state, before any group
+changes), :meth:`~DualOptimizer._masked_dual_step` / :meth:`~DualOptimizer._per_constraint_tensors`
+(``check_finite=False``) and :meth:`~DualOptimizer._zero_step_is_identity`.
 """
 
 from __future__ import annotations
@@ -26,12 +32,31 @@ from __future__ import annotations
 import abc
 import logging
 import math
+import operator
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+
+from .._validation import (
+    check_bool,
+    check_device,
+    check_float_dtype,
+    check_int,
+    check_real,
+    fail,
+)
+from . import _checkpoint, _distributed, _hooks, _inputs, indexed
+from .indexed import IndicesLike
+
+try:
+    from torch.compiler import is_compiling as _is_compiling
+except ImportError:  # torch < 2.3: no compiler to skip the re-check for
+    def _is_compiling() -> bool:
+        return False
 
 __all__ = ["DualOptimizer", "ConstraintsLike"]
 
@@ -39,32 +64,9 @@ logger = logging.getLogger("humancompatible_train")
 
 ConstraintsLike = Tensor | Sequence[Tensor] | Mapping[str, Tensor]
 
-# Keys of a param group that describe the group rather than tune the algorithm.
-_STRUCTURAL_KEYS = ("params", "name", "m")
-# Marker stored in a state dict in place of a Python callable, which weights_only loading refuses.
-_CALLABLE_MARKER = "<callable>"
-
-
-def _as_range(dual_range: Any, is_ineq: bool, where: str) -> tuple[float, float]:
-    if dual_range is None:
-        lo, hi = -math.inf, math.inf
-    else:
-        try:
-            lo, hi = (float(v) for v in dual_range)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"{where}: dual_range must be a pair (low, high) of numbers or None, "
-                f"got {dual_range!r}"
-            ) from None
-    if is_ineq:
-        # Multipliers of inequality constraints are non-negative by definition.
-        lo = max(0.0, lo)
-    if math.isnan(lo) or math.isnan(hi) or lo > hi:
-        raise ValueError(
-            f"{where}: dual_range must satisfy low <= high (after low >= 0 for inequality "
-            f"groups), got {dual_range!r}"
-        )
-    return lo, hi
+# Overriding one of these means a call is no longer "one _dual_step": the fast path is off.
+_FAST_PATH_BLOCKERS = ("step", "forward_update", "_update", "_apply_dual_step", "_lagrangian",
+                       "_split", "_check_finite", "_masked_dual_step")
 
 
 def linear_term(duals: Tensor, c: Tensor) -> Tensor:
@@ -91,17 +93,40 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         dual_range: default ``(low, high)`` clamp of the multipliers; inequality groups are
             always clamped below at 0.
         name: name of the first group (default ``"g0"``, ``"g1"``, ...).
-        device, dtype: where the multipliers live (default: CPU, the default dtype). Constraint
-            tensors must match both.
+        device, dtype: where the multipliers live (default: CPU, the default dtype; a dtype
+            may be given as a string such as ``"float32"``). Constraint tensors must match
+            both.
         process_group: a :mod:`torch.distributed` process group; when given, the *detached*
             constraint values that drive the dual step are averaged over its processes with
             ``all_reduce`` so that every replica holds identical multipliers, while the
-            Lagrangian keeps the local values so that gradients flow.
+            Lagrangian keeps the local values so that gradients flow. Every rank takes the same
+            decision on non-finite values, and the first step checks that the ranks hold the
+            same groups, hyperparameters and multipliers.
         check_finite: raise a :class:`ValueError` naming the group and index when a constraint
             value is NaN or infinite, leaving every multiplier and buffer untouched (one host
             synchronisation per step on accelerators). When ``False``, non-finite entries are
             masked out of the dual step and the Lagrangian with tensor operations instead.
+
+    Copies: :func:`copy.deepcopy` gives an independent optimizer that behaves like the
+    original (the process group is shared, not copied); :mod:`pickle` does too, except that an
+    optimizer with a ``process_group`` refuses to be pickled (a process group belongs to one
+    process). Step and state-dict hooks are not copied, as in :class:`torch.optim.Optimizer`.
     """
+
+    #: Whether ``forward_update`` may take its one-pass route for one group given one tensor;
+    #: off automatically for a subclass that overrides a method of the general path.
+    _fast_path = True
+    #: Other names accepted by ``add_constraint_group`` for a hyperparameter key.
+    _ALIASES: dict[str, str] = {}
+    #: Whether the class overrides :meth:`_prepare_step` (the fast path skips the no-op call).
+    _prepares = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "_fast_path" not in vars(cls):
+            cls._fast_path = cls._fast_path and not any(n in vars(cls)
+                                                        for n in _FAST_PATH_BLOCKERS)
+        cls._prepares = cls._prepare_step is not DualOptimizer._prepare_step
 
     def __init__(
         self,
@@ -113,19 +138,35 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         dual_range: tuple[float, float] | None = None,
         name: str | None = None,
         device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         process_group: Any | None = None,
         check_finite: bool = True,
     ) -> None:
-        if "lr" not in defaults:
-            raise ValueError("defaults must contain the dual step size 'lr'")
-        defaults = dict(defaults, is_ineq=bool(is_ineq), dual_range=dual_range)
-        self._device = torch.device(device) if device is not None else torch.device("cpu")
-        self._dtype = dtype if dtype is not None else torch.get_default_dtype()
-        if not self._dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating-point dtype, got {self._dtype}")
+        if not isinstance(defaults, dict) or "lr" not in defaults:
+            raise fail("defaults", "a dict holding the dual step size 'lr'", defaults)
+        if m is not None:
+            m = check_int("m", m, minimum=1)
+        if name is not None and m is None:
+            raise ValueError("name: expected m as well (name names the first group, which m "
+                             f"creates), got name={name!r} with m=None")
+        self._device = torch.device("cpu") if device is None else check_device("device", device)
+        self._dtype = torch.get_default_dtype() if dtype is None else check_float_dtype(
+            "dtype", dtype)
+        self.check_finite = check_bool("check_finite", check_finite)
+        if self._device.type == "meta" and self.check_finite:
+            raise ValueError(
+                "device: expected a device that holds values with check_finite=True (the "
+                "check reads the constraint values), got 'meta'; pass check_finite=False to "
+                "trace shapes on the meta device"
+            )
         self.process_group = process_group
-        self.check_finite = bool(check_finite)
+        defaults = dict(defaults, is_ineq=check_bool("is_ineq", is_ineq), dual_range=dual_range)
+        # Hyperparameters as validated, per group, to re-check only what changed since.
+        self._keys = tuple(defaults)
+        self._validated: list[tuple[Any, ...] | None] = []
+        # Flags that a step sets live in a dict: torch.compile replays a compiled step's dict
+        # writes but drops its attribute writes on an optimizer (torch 2.13).
+        self._flags: dict[str, Any] = {"opt_called": False, "checked_group": None}
         # torch.optim.Optimizer refuses an empty parameter list; groups are added below.
         self._placeholder = True
         super().__init__([torch.zeros(0)], defaults)
@@ -134,8 +175,8 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         self.state.clear()
         if m is not None:
             self.add_constraint_group(m, name=name, init_duals=init_duals)
-        elif name is not None:
-            raise ValueError("name was given without m: pass m to create the first group")
+        else:
+            self._normalized(dict(defaults, m=1, name="g0", params=[]), type(self).__name__)
 
     # ------------------------------------------------------------------ groups
     def add_constraint_group(
@@ -148,32 +189,44 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     ) -> None:
         """Add a group of ``m`` constraints with its own multipliers and hyperparameters.
 
-        Settings not given are taken from the constructor's defaults.
+        Settings not given are taken from the constructor's defaults. Nothing changes when an
+        argument is invalid.
         """
-        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-            raise ValueError(f"m must be a positive int (the group's constraint count), got {m!r}")
-        unknown = set(hyperparameters) - set(self.defaults)
+        m = check_int("m", m, minimum=1)
+        given = {}
+        for key, value in hyperparameters.items():
+            key = self._ALIASES.get(key, key)
+            if key in given:
+                raise ValueError(f"{key}: expected once, got it under two names")
+            given[key] = value
+        unknown = set(given) - set(self.defaults)
         if unknown:
+            public = sorted(set(self.defaults) - set(self._ALIASES.values())
+                            | set(self._ALIASES))
             raise ValueError(
                 f"unknown hyperparameter(s) {sorted(unknown)} for {type(self).__name__}; "
-                f"expected some of {sorted(self.defaults)}"
+                f"expected some of {public}"
             )
-        name = f"g{len(self.param_groups)}" if name is None else str(name)
+        if name is None:
+            name = f"g{len(self.param_groups)}"
+        elif not isinstance(name, str):
+            raise fail("name", "a string", name)
         if name in self.names:
-            raise ValueError(f"a constraint group named {name!r} exists already: {self.names}")
-        group: dict[str, Any] = dict(self.defaults)
-        group.update(hyperparameters)
+            raise ValueError(f"name: expected a new group name, got {name!r}, which exists "
+                             f"already: {self.names}")
         where = f"constraint group {name!r}"
-        group["dual_range"] = _as_range(group["dual_range"], group["is_ineq"], where)
-        self._validate_group(group, where)
+        group = self._normalized(dict(self.defaults, **given, name=name, m=m), where)
         duals = self._initial_duals(init_duals, m, where, group)
-        group.update(params=[duals], name=name, m=m)
+        group["params"] = [duals]
+        state = self._init_state(group)
         self._placeholder = True
         try:
             super().add_param_group(group)
         finally:
             self._placeholder = False
-        self.state[duals] = self._init_state(group)
+        self.state[duals] = state
+        self._validated.append(self._snapshot(group))
+        self._flags["checked_group"] = None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if self._placeholder:
@@ -184,30 +237,19 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             "add_constraint_group(m, name=..., **hyperparameters)"
         )
 
-    def _initial_duals(
-        self, init_duals: Any, m: int, where: str, group: dict[str, Any]
-    ) -> Tensor:
-        if init_duals is None:
-            init_duals = 0.0
-        if isinstance(init_duals, (int, float)) and not isinstance(init_duals, bool):
-            duals = torch.full((m,), float(init_duals), device=self._device, dtype=self._dtype)
-        else:
-            duals = torch.as_tensor(init_duals, dtype=self._dtype).to(self._device).flatten()
-            if duals.numel() != m:
-                raise ValueError(
-                    f"{where}: init_duals must be a number or hold m={m} values, "
-                    f"got {duals.numel()} values"
-                )
-            duals = duals.clone()
-        if not bool(torch.isfinite(duals).all()):
-            raise ValueError(f"{where}: init_duals must be finite, got {duals.tolist()}")
-        lo, hi = group["dual_range"]
-        if bool(((duals < lo) | (duals > hi)).any()):
-            raise ValueError(
-                f"{where}: init_duals must lie in the dual range [{lo}, {hi}], "
-                f"got {duals.tolist()}"
-            )
-        return duals
+    def _normalized(self, group: dict[str, Any], where: str) -> dict[str, Any]:
+        """A copy of ``group`` with ``is_ineq`` and ``dual_range`` in canonical form, after
+        :meth:`_validate_group` accepted it; raises a ValueError otherwise."""
+        group = dict(group)
+        group["is_ineq"] = check_bool("is_ineq", group["is_ineq"], f"{where}: ")
+        group["dual_range"] = _inputs.as_range(group["dual_range"], group["is_ineq"], where)
+        self._validate_group(group, where)
+        return group
+
+    def _initial_duals(self, init_duals: Any, m: int, where: str, group: dict[str, Any]
+                       ) -> Tensor:
+        return _inputs.initial_duals(init_duals, m, group["dual_range"], self._dtype,
+                                     self._device, where)
 
     # ------------------------------------------------------------- properties
     @property
@@ -240,37 +282,61 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         return {g["name"]: g["params"][0].detach().clone() for g in self.param_groups}
 
     # ------------------------------------------------------------ the API
-    def forward(self, loss: Tensor, constraints: ConstraintsLike) -> Tensor:
-        """The Lagrangian at the current multipliers; changes no state."""
+    def forward(self, loss: Tensor, constraints: ConstraintsLike, *,
+                indices: IndicesLike | None = None) -> Tensor:
+        """The Lagrangian at the current multipliers; changes no state.
+
+        With ``check_finite=True`` a non-finite constraint value raises, as in a step.
+        ``indices``: the observed entries of partially observed groups (see
+        :mod:`~humancompatible_train.dual_optim.indexed`).
+        """
+        if indices is not None:
+            return indexed.forward(self, loss, constraints, indices)
         self._check_loss(loss)
         parts = self._split(constraints, "constraints")
+        self._check_hyperparameters()
+        if self.check_finite:
+            self._check_finite([p.detach() for p in parts], "constraints")
         return self._lagrangian(loss, parts)
 
     def step(  # type: ignore[override]
         self,
         constraints: ConstraintsLike,
         dual_constraints: ConstraintsLike | None = None,
+        *,
+        indices: IndicesLike | None = None,
     ) -> None:
         """Take one dual step from the constraint values.
 
         ``dual_constraints``, when given, drive the step instead of ``constraints`` (see
-        :meth:`forward_update`). Nothing is changed when an error is raised.
+        :meth:`forward_update`); ``indices``, the observed entries of partially observed
+        groups (only those multipliers move). Nothing is changed when an error is raised.
         """
+        if indices is not None:
+            indexed.step(self, constraints, dual_constraints, indices)
+            return
         self._update(self._split(constraints, "constraints"), dual_constraints)
 
     def update(
         self,
         constraints: ConstraintsLike,
         dual_constraints: ConstraintsLike | None = None,
+        *,
+        indices: IndicesLike | None = None,
     ) -> None:
         """Alias of :meth:`step`."""
-        self.step(constraints, dual_constraints)
+        if indices is not None:
+            self.step(constraints, dual_constraints, indices=indices)
+        else:
+            self.step(constraints, dual_constraints)
 
     def forward_update(
         self,
         loss: Tensor,
         constraints: ConstraintsLike,
         dual_constraints: ConstraintsLike | None = None,
+        *,
+        indices: IndicesLike | None = None,
     ) -> Tensor:
         """One dual step, then the Lagrangian at the *new* multipliers.
 
@@ -285,62 +351,120 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         gives the model its gradient -- and the true, possibly non-differentiable values as
         ``dual_constraints``, which alone move the multipliers (Cotter et al., "Optimization
         with non-differentiable constraints...", ALT 2019).
+
+        Hooks registered with ``register_step_pre_hook``/``register_step_post_hook`` run around
+        the dual step as for :meth:`step`, with ``args = (self, constraints)`` and
+        ``kwargs = {"dual_constraints": ...}`` when proxies are given.
+
+        ``indices`` (a ``long`` tensor, or one per group): the batch observes only these
+        constraints of a group, ``constraints`` holds their values in the same order; only
+        their multipliers move and only they enter the Lagrangian
+        (:mod:`~humancompatible_train.dual_optim.indexed`).
         """
-        # Learning-rate schedulers check that the optimizer stepped before they do
-        # (``_opt_called``); this method bypasses the profiling wrapper of ``step`` that sets
-        # it, to keep the hot path short.
+        if indices is not None:
+            return indexed.forward_update(self, loss, constraints, dual_constraints, indices)
         groups = self.param_groups
         if (len(groups) == 1 and dual_constraints is None and self.check_finite
-                and self.process_group is None and isinstance(constraints, Tensor)
-                and isinstance(loss, Tensor) and loss.dim() == 0):
-            # The common case (one group, one tensor, default checks) in one pass: the same
-            # checks, hooks and state as the general path below, without its layers, which
-            # cost about 1.5 % of a small model's training step (10 of 680 us).
+                and self.process_group is None and self._fast_path
+                and isinstance(constraints, Tensor) and isinstance(loss, Tensor)
+                and loss.dim() == 0 and not (
+                    self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                    or _global_optimizer_pre_hooks or _global_optimizer_post_hooks)):
+            # The common case (one group, one tensor, default checks, no hooks) in one pass:
+            # the same checks and state as the general path below, without its layers, which
+            # cost about 1.5 % of a small model's training step (10 of 680 us). Every call
+            # saved here is inlined for the same reason.
             group = groups[0]
             duals = group["params"][0]
             if (constraints.dtype == duals.dtype and constraints.device == duals.device and (
                     constraints.shape == duals.shape
                     or constraints.dim() == 0 and group["m"] == 1)):
+                seen = self._validated[0]
+                if seen is None or len(seen) != len(group) or not all(
+                        map(operator.is_, group.values(), seen)):
+                    self._check_hyperparameters()
                 c = constraints.detach()
                 if not math.isfinite(float(c if group["m"] == 1 else c.sum())):
                     self._check_finite([c], "constraint values for the dual step")
                 state = self.state[duals]
+                if self._prepares:
+                    self._prepare_step(group, state)
                 self._dual_step(group, state, c)
                 state["step"] += 1
-                self._opt_called = True
+                # Learning-rate schedulers check that the optimizer stepped before they do.
+                self._flags["opt_called"] = True
                 return loss + self._lagrangian_term(group, duals.clone(), constraints)
         self._check_loss(loss)
+        hooked = _hooks.has_step_hooks(self)
+        if hooked:
+            args, kwargs = _hooks.run_step_pre_hooks(self, constraints, dual_constraints)
+            constraints, dual_constraints = _hooks.step_arguments(args, kwargs)
         parts = self._split(constraints, "constraints")
         self._update(parts, dual_constraints)
-        self._opt_called = True
+        self._flags["opt_called"] = True
+        if hooked:
+            _hooks.run_step_post_hooks(self, args, kwargs)
         return self._lagrangian(loss, parts)
 
+    @property
+    def _opt_called(self) -> bool:
+        # Read and written by learning-rate schedulers (did the optimizer step before them?).
+        return self._flags["opt_called"]
+
+    @_opt_called.setter
+    def _opt_called(self, value: bool) -> None:
+        self._flags["opt_called"] = value
+
     def _update(self, parts: list[Tensor], dual_constraints: ConstraintsLike | None) -> None:
+        lagrangian = None
         if dual_constraints is not None:
             if self.check_finite:
-                self._check_finite([p.detach() for p in parts], "constraints")
+                if self.process_group is None:
+                    self._check_finite([p.detach() for p in parts], "constraints")
+                else:
+                    # Checked with the collective: raising here alone would leave the other
+                    # ranks waiting in all_reduce.
+                    lagrangian = parts
             parts = self._split(dual_constraints, "dual_constraints")
-        self._apply_dual_step(parts)
+        self._apply_dual_step(parts, lagrangian)
 
     # ------------------------------------------------------ subclass hooks
     def _validate_group(self, group: dict[str, Any], where: str) -> None:
-        """Raise a ValueError for invalid hyperparameters of a group."""
-        lr = group["lr"]
-        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr >= 0:
-            raise ValueError(f"{where}: lr must be a number >= 0, got {lr!r}")
+        """Raise a ValueError for invalid hyperparameters of a group; change nothing.
+
+        ``group`` holds every key of ``defaults`` (``is_ineq`` and ``dual_range`` already in
+        canonical form), ``name`` and ``m``. It runs at construction, in
+        :meth:`add_constraint_group`, in :meth:`load_state_dict` and before a step or forward
+        whenever a hyperparameter of the group changed (schedulers write ``lr``). Messages
+        follow ``f"{where}: {name}: expected {what}, got {value!r}"``
+        (``humancompatible_train._validation``).
+        """
+        check_real("lr", group["lr"], low=0.0, where=f"{where}: ")
 
     def _init_state(self, group: dict[str, Any]) -> dict[str, Any]:
-        """Fresh per-group state (buffers, counters)."""
+        """Fresh per-group state (buffers, counters) on the multipliers' device: every buffer
+        at its full size, masks as bool, counters as int. ``load_state_dict`` checks a saved
+        state against it key by key (same keys, shapes and kinds of dtype)."""
         return {"step": 0}
+
+    def _validate_state(self, group: dict[str, Any], state: dict[str, Any], where: str) -> None:
+        """Raise a ValueError when a loaded state breaks an invariant of the algorithm (beyond
+        the keys, shapes, dtypes and finiteness that ``load_state_dict`` checks itself)."""
+
+    def _prepare_step(self, group: dict[str, Any], state: dict[str, Any]) -> None:
+        """Checks that depend on the state (e.g. a step size computed from the step count),
+        run for every group before the first group changes; raise a ValueError here, never in
+        :meth:`_dual_step`."""
 
     @abc.abstractmethod
     def _dual_step(self, group: dict[str, Any], state: dict[str, Any], c: Tensor) -> None:
         """One dual step of ``group``: update its multipliers and tensor buffers in place.
 
         ``c`` is detached, validated and finite. The step must not raise: every check runs
-        before the first group is touched, which is what keeps an error from leaving some
-        groups updated and others not. ``state["step"]`` is the number of steps taken before
-        this one; the base class increments it.
+        before the first group is touched (:meth:`_validate_group`, :meth:`_prepare_step`),
+        which is what keeps an error from leaving some groups updated and others not.
+        ``state["step"]`` is the number of steps taken before this one; the base class
+        increments it.
         """
 
     def _lagrangian_term(self, group: dict[str, Any], duals: Tensor, c: Tensor) -> Tensor:
@@ -355,6 +479,34 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         they are; then ``check_finite=False`` masks non-finite entries by zeroing them alone."""
         return False
 
+    def _masked_dual_step(self, group: dict[str, Any], state: dict[str, Any], c: Tensor) -> None:
+        """The dual step with the non-finite entries of ``c`` left out (``check_finite=False``).
+
+        Default: when :meth:`_zero_step_is_identity`, a step on ``c`` with those entries set
+        to 0; otherwise a step on that ``c`` after which the tensors of
+        :meth:`_per_constraint_tensors` get their old values back at those entries. Override
+        it when the state is not one entry per constraint (a scalar penalty, a norm): such
+        state has no "entry" to restore.
+        """
+        zeroed = torch.nan_to_num(c, nan=0.0, posinf=0.0, neginf=0.0)
+        if self._zero_step_is_identity(group):
+            self._dual_step(group, state, zeroed)
+            return
+        tensors = self._per_constraint_tensors(group, state)
+        before = [t.clone() for t in tensors]
+        self._dual_step(group, state, zeroed)
+        invalid = ~torch.isfinite(c)
+        for t, old in zip(tensors, before):
+            t.copy_(torch.where(invalid, old, t))
+
+    def _per_constraint_tensors(self, group: dict[str, Any], state: dict[str, Any]
+                                ) -> list[Tensor]:
+        """The tensors holding one entry per constraint (restored by the default masking): the
+        multipliers and every state tensor of their shape."""
+        duals = group["params"][0]
+        return [duals] + [v for v in state.values()
+                          if isinstance(v, Tensor) and v.shape == duals.shape]
+
     def _clamp(self, group: dict[str, Any], duals: Tensor) -> Tensor:
         """Clamp multipliers to the group's range, in place."""
         lo, hi = group["dual_range"]
@@ -363,6 +515,48 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         return duals.clamp_(min=lo, max=hi)
 
     # ------------------------------------------------------------ internals
+    def _check_hyperparameters(self) -> None:
+        """Re-validate the groups whose hyperparameters changed since they were validated.
+
+        Identity of the values is compared (no host read, well under a microsecond a group),
+        so a scheduler's new ``lr`` is checked once, at the first step that uses it. Inside a
+        function compiled with ``torch.compile`` the re-check is skipped: the compiler turns a
+        scheduler's float into a graph input that Python cannot inspect while tracing (the
+        next eager call checks it).
+        """
+        if _is_compiling():
+            return
+        for i, (group, seen) in enumerate(zip(self.param_groups, self._validated)):
+            if not self._unchanged(group, seen):
+                self._revalidate(i)
+
+    @staticmethod
+    def _snapshot(group: dict[str, Any]) -> tuple[Any, ...]:
+        # Every value of the group, in order: a key added or removed changes the length.
+        return tuple(group.values())
+
+    @staticmethod
+    def _unchanged(group: dict[str, Any], seen: tuple[Any, ...] | None) -> bool:
+        # Identity, element by element, in one pass of builtins that run in C and that
+        # torch.compile traces (an operator.itemgetter would break its graph).
+        return seen is not None and len(seen) == len(group) and all(
+            map(operator.is_, group.values(), seen))
+
+    def _revalidate(self, i: int) -> None:
+        group = self.param_groups[i]
+        where = f"constraint group {group['name']!r}"
+        missing = [k for k in self._keys if k not in group]
+        if missing:
+            raise ValueError(f"{where}: expected the hyperparameters {list(self._keys)} in "
+                             f"its param group, got none for {missing}")
+        try:
+            checked = self._normalized(group, where)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (a value written into the param group after it was "
+                             "checked, e.g. by a learning-rate scheduler)") from None
+        group["is_ineq"], group["dual_range"] = checked["is_ineq"], checked["dual_range"]
+        self._validated[i] = self._snapshot(group)
+
     def _lagrangian(self, loss: Tensor, parts: list[Tensor]) -> Tensor:
         lagrangian = loss
         for group, c in zip(self.param_groups, parts):
@@ -375,231 +569,105 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             lagrangian = lagrangian + self._lagrangian_term(group, duals, c)
         return lagrangian
 
-    def _apply_dual_step(self, parts: list[Tensor]) -> None:
+    def _apply_dual_step(self, parts: list[Tensor], lagrangian: list[Tensor] | None = None
+                         ) -> None:
+        """Check, then step every group on ``parts``; ``lagrangian``: the Lagrangian's values
+        when proxies drive the step under a process group (checked with the collective)."""
+        self._check_hyperparameters()
+        groups, state = self.param_groups, self.state
+        states = [state[g["params"][0]] for g in groups]
+        for group, group_state in zip(groups, states):
+            self._prepare_step(group, group_state)
         # Everything below works on detached tensors, so no autograd graph is recorded.
         values = [p.detach() for p in parts]
+        flat = None
         if self.process_group is not None:
-            values = self._average_over_processes(values)
+            if self._flags["checked_group"] is not self.process_group:
+                _distributed.check_ranks_agree(groups, self._keys, states, self._device,
+                                               self.process_group, type(self).__name__)
+                self._flags["checked_group"] = self.process_group
+            values, flat = _distributed.average(
+                values, lagrangian if self.check_finite else None, self.process_group)
         if self.check_finite:
-            self._check_finite(values, "constraint values for the dual step")
+            self._check_finite(values, "constraint values for the dual step", flat, lagrangian)
             step = self._dual_step
         else:
             step = self._masked_dual_step
-        state = self.state
-        for group, c in zip(self.param_groups, values):
-            group_state = state[group["params"][0]]
+        for group, group_state, c in zip(groups, states, values):
             step(group, group_state, c)
             group_state["step"] += 1
 
-    def _masked_dual_step(self, group: dict[str, Any], state: dict[str, Any], c: Tensor) -> None:
-        """The dual step with non-finite entries of ``c`` left out (``check_finite=False``)."""
-        zeroed = torch.nan_to_num(c, nan=0.0, posinf=0.0, neginf=0.0)
-        if self._zero_step_is_identity(group):
-            self._dual_step(group, state, zeroed)
-            return
-        duals = group["params"][0]
-        tensors = [duals] + [v for v in state.values()
-                             if isinstance(v, Tensor) and v.shape == duals.shape]
-        before = [t.clone() for t in tensors]
-        self._dual_step(group, state, zeroed)
-        invalid = ~torch.isfinite(c)
-        for t, old in zip(tensors, before):
-            t.copy_(torch.where(invalid, old, t))
-
-    def _average_over_processes(self, values: list[Tensor]) -> list[Tensor]:
-        flat = torch.cat([v.reshape(-1) for v in values])
-        # SUM then divide: the gloo backend has no AVG reduction.
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.process_group)
-        flat /= dist.get_world_size(self.process_group)
-        return list(flat.split([g["m"] for g in self.param_groups]))
-
-    def _check_finite(self, parts: list[Tensor], what: str) -> None:
+    def _check_finite(self, parts: list[Tensor], what: str, flat: Tensor | None = None,
+                      lagrangian: list[Tensor] | None = None) -> None:
         """Raise a ValueError naming the group and index of a non-finite entry of the
-        *detached* ``parts``."""
-        if not parts:
-            return
-        # One reduction and one read instead of an element-wise test: the sum is finite
-        # whenever every entry is (an overflowing sum falls through to the exact test below).
-        # A single value is read as it is, without the reduction.
-        if len(parts) == 1:
-            total = parts[0]
-            if total.numel() != 1:
-                total = total.sum()
-        else:
-            total = sum(p.sum() for p in parts)
-        if math.isfinite(float(total)):
-            return
-        for group, p in zip(self.param_groups, parts):
-            flat = p.detach().reshape(-1)
-            bad = (~torch.isfinite(flat)).nonzero().flatten().tolist()
-            if bad:
-                raise ValueError(
-                    f"{what}: non-finite value(s) in constraint group {group['name']!r} at "
-                    f"index {bad} (values {flat[bad].tolist()}); no multiplier was changed"
-                )
+        *detached* ``parts``. Under a process group, ``flat`` is the reduced tensor (the
+        averaged values and the ranks' flag for ``lagrangian``): the same on every rank, so
+        every rank raises or none does."""
+        _inputs.check_finite(self.param_groups, parts, what, flat, lagrangian)
 
     @staticmethod
     def _check_loss(loss: Any) -> None:
-        if not isinstance(loss, Tensor):
-            raise ValueError(f"loss must be a scalar tensor, got {type(loss).__name__}")
-        if loss.dim() != 0:
-            raise ValueError(
-                f"loss must be a scalar (0-d) tensor, got shape {tuple(loss.shape)}; "
-                "reduce it (e.g. .mean()) first"
-            )
+        _inputs.check_loss(loss)
 
     def _split(self, constraints: ConstraintsLike, arg: str) -> list[Tensor]:
-        """Constraint input in any accepted layout -> one tensor per group.
-
-        Each part is 1-D, or 0-d for a one-constraint group given as a scalar. Parts are the
-        given tensors or their splits, never reshaped copies: every view would be one more
-        node for autograd to walk on each step.
-        """
-        groups = self.param_groups
-        if not groups:
-            raise ValueError(f"{type(self).__name__} has no constraint group yet")
-        if isinstance(constraints, Tensor) and len(groups) == 1:
-            # The common case (one group, one tensor) without building the layout lists.
-            group = groups[0]
-            if constraints.dim() == 1 and constraints.shape[0] == group["m"] or (
-                constraints.dim() == 0 and group["m"] == 1
-            ):
-                self._check_tensor(constraints, group, arg)
-                return [constraints]
-        sizes = [g["m"] for g in self.param_groups]
-        names = self.names
-        if isinstance(constraints, Tensor):
-            total = sum(sizes)
-            if constraints.dim() > 1 or (constraints.dim() == 0 and total != 1):
-                raise ValueError(
-                    f"{arg}: expected a flat tensor of shape ({total},)"
-                    f"{' or a 0-d tensor' if total == 1 else ''} holding groups {names} "
-                    f"of sizes {sizes} in order, got shape {tuple(constraints.shape)}"
-                )
-            flat = constraints.reshape(1) if constraints.dim() == 0 else constraints
-            if flat.numel() != total:
-                raise ValueError(
-                    f"{arg}: expected {total} constraint values (groups {names} of sizes "
-                    f"{sizes}), got {flat.numel()}"
-                )
-            parts = [flat] if len(sizes) == 1 else list(flat.split_with_sizes(sizes))
-        elif isinstance(constraints, Mapping):
-            keys = list(constraints.keys())
-            if set(keys) != set(names):
-                missing = [n for n in names if n not in constraints]
-                extra = [k for k in keys if k not in names]
-                raise ValueError(
-                    f"{arg}: expected a mapping with exactly the group names {names}; "
-                    f"missing {missing}, unexpected {extra}"
-                )
-            parts = [self._group_tensor(constraints[n], g, arg)
-                     for n, g in zip(names, self.param_groups)]
-        elif isinstance(constraints, Sequence) and not isinstance(constraints, (str, bytes)):
-            if len(constraints) != len(sizes):
-                raise ValueError(
-                    f"{arg}: expected a sequence of {len(sizes)} tensors (one per group "
-                    f"{names}), got {len(constraints)}"
-                )
-            parts = [self._group_tensor(c, g, arg) for c, g in zip(constraints, self.param_groups)]
-        else:
-            raise ValueError(
-                f"{arg}: expected a tensor, a sequence of tensors or a mapping name -> tensor, "
-                f"got {type(constraints).__name__}"
-            )
-        for part, group in zip(parts, self.param_groups):
-            self._check_tensor(part, group, arg)
-        return parts
-
-    @staticmethod
-    def _group_tensor(value: Any, group: dict[str, Any], arg: str) -> Tensor:
-        if not isinstance(value, Tensor):
-            raise ValueError(
-                f"{arg}: group {group['name']!r} expects a tensor of {group['m']} values, "
-                f"got {type(value).__name__}"
-            )
-        if value.dim() > 1 or value.numel() != group["m"] or (value.dim() == 0 and group["m"] != 1):
-            raise ValueError(
-                f"{arg}: group {group['name']!r} expects shape ({group['m']},)"
-                f"{' or ()' if group['m'] == 1 else ''}, got {tuple(value.shape)}"
-            )
-        return value
-
-    def _check_tensor(self, part: Tensor, group: dict[str, Any], arg: str) -> None:
-        duals = group["params"][0]
-        if part.device != duals.device:
-            raise ValueError(
-                f"{arg}: group {group['name']!r} is on {part.device} but its multipliers are on "
-                f"{duals.device}; build the dual optimizer with device={part.device!s}"
-            )
-        if part.dtype != duals.dtype:
-            raise ValueError(
-                f"{arg}: group {group['name']!r} has dtype {part.dtype} but its multipliers "
-                f"have {duals.dtype}; build the dual optimizer with dtype={part.dtype} or cast"
-            )
+        """Constraint input in any accepted layout -> one tensor per group (1-D, or 0-d for a
+        one-constraint group given as a scalar)."""
+        return _inputs.split(self.param_groups, constraints, arg, type(self).__name__)
 
     # --------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: multipliers, buffers, counters, hyperparameters.
+        """Everything needed to resume: multipliers, buffers, counters, hyperparameters, and
+        the algorithm's name (``"algorithm"``), which ``load_state_dict`` checks.
 
         The returned tensors are copies, so a saved dict does not change with later steps. It
-        loads with ``torch.load(weights_only=True)``.
+        loads with ``torch.load(weights_only=True)``. State-dict hooks run as in torch.
         """
-        groups = []
-        state = {}
-        for i, g in enumerate(self.param_groups):
-            entry = {k: self._storable(v) for k, v in g.items() if k != "params"}
-            entry["params"] = [i]
-            groups.append(entry)
-            state[i] = {
-                k: v.detach().clone() if isinstance(v, Tensor) else v
-                for k, v in self.state[g["params"][0]].items()
-            }
-        duals = [g["params"][0].detach().clone() for g in self.param_groups]
-        return {"state": state, "param_groups": groups, "duals": duals}
-
-    @staticmethod
-    def _storable(value: Any) -> Any:
-        return _CALLABLE_MARKER if callable(value) else value
+        for pre in self._optimizer_state_dict_pre_hooks.values():
+            pre(self)
+        state_dict = _checkpoint.build(self)
+        for post in self._optimizer_state_dict_post_hooks.values():
+            result = post(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore multipliers, buffers, counters and hyperparameters.
 
-        Raises a :class:`ValueError` (and changes nothing) when the saved groups' names or
-        sizes differ from this optimizer's.
+        Everything is checked before anything changes: the keys, the algorithm (a dict of
+        another class is refused), the groups' names and sizes, the multipliers (count, shape,
+        a real dtype, finite, inside each group's range), the hyperparameters (the same checks
+        as at construction) and each group's state against a fresh one (keys, shapes, kinds of
+        dtype, finite buffers, counters >= 0). Multipliers may be given as lists of numbers.
+        Float state takes the multipliers' dtype; bool and integer state keep theirs.
         """
-        try:
-            saved_groups = state_dict["param_groups"]
-            saved_duals = state_dict["duals"]
-            saved_state = state_dict["state"]
-        except (KeyError, TypeError):
-            raise ValueError(
-                "state_dict must be a dict from DualOptimizer.state_dict() with keys "
-                "'state', 'param_groups' and 'duals'"
-            ) from None
-        saved = [(g["name"], g["m"]) for g in saved_groups]
-        mine = [(g["name"], g["m"]) for g in self.param_groups]
-        if saved != mine:
-            raise ValueError(
-                f"cannot load a state dict with groups (name, size) {saved} into "
-                f"{type(self).__name__} with groups {mine}"
-            )
-        for (name, m), d in zip(mine, saved_duals):
-            if tuple(d.shape) != (m,):
-                raise ValueError(f"saved multipliers of group {name!r} have shape "
-                                 f"{tuple(d.shape)}, expected ({m},)")
-        with torch.no_grad():
-            for i, (group, saved_group, d) in enumerate(
-                zip(self.param_groups, saved_groups, saved_duals)
-            ):
-                duals = group["params"][0]
-                for k, v in saved_group.items():
-                    if k in _STRUCTURAL_KEYS or v == _CALLABLE_MARKER:
-                        continue
-                    group[k] = tuple(v) if k == "dual_range" else v
-                duals.copy_(d)
-                entry = saved_state.get(i, saved_state.get(str(i), {}))
-                self.state[duals] = {
-                    k: v.detach().clone().to(device=duals.device, dtype=duals.dtype)
-                    if isinstance(v, Tensor) else v
-                    for k, v in entry.items()
-                }
+        for pre in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre(self, state_dict)
+            if result is not None:
+                state_dict = result
+        planned = _checkpoint.plan(self, state_dict)
+        _checkpoint.apply(self, planned)
+        self._validated = [self._snapshot(g) for g in self.param_groups]
+        self._flags["checked_group"] = None
+        for post in self._optimizer_load_state_dict_post_hooks.values():
+            post(self)
+
+    # ------------------------------------------------------- copy and pickle
+    def __getstate__(self) -> dict[str, Any]:
+        return _checkpoint.getstate(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # torch.optim.Optimizer.__setstate__ would add a "differentiable" default, which is
+        # not a hyperparameter of a dual optimizer.
+        self.__dict__.update(state)
+        for key in _checkpoint.HOOK_DICTS:
+            self.__dict__.setdefault(key, OrderedDict())
+        self._validated = [None] * len(self.param_groups)
+        self._flags["checked_group"] = None
+        self._patch_step_function()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> DualOptimizer:
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(_checkpoint.deepcopy_state(self, memo))
+        return new

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._validation import check_real, fail
 from .base import DualOptimizer
 
 __all__ = ["PrimalDual"]
@@ -38,7 +39,12 @@ class PrimalDual(DualOptimizer):
     ascent on the dual (Zinkevich, ICML 2003), from which the average constraint violation of
     the primal iterates is bounded by :math:`\lambda_{\max} / (\eta_T T)` (Mahdavi, Jin & Yang,
     JMLR 2012). It is the training-time twin of the streaming primal-dual correction of the
-    fairness_training system (seeds 000/001); the inference wrapper reuses its state.
+    fairness_training small-batch streaming example and inference guide; the inference wrapper
+    reuses its state.
+
+    ``eta_0`` must be a finite number >= 0, and a callable ``decay`` must return one: its value
+    is checked at every step before any multiplier changes (the callable is called once per
+    group and step, with :math:`t`).
     """
 
     def __init__(
@@ -52,10 +58,12 @@ class PrimalDual(DualOptimizer):
         init_duals: float | Tensor | Sequence[float] = 0.0,
         name: str | None = None,
         device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         process_group: Any | None = None,
         check_finite: bool = True,
     ) -> None:
+        # eta_t of a callable decay, computed and checked by _prepare_step for _dual_step.
+        self._callable_eta: dict[int, float] = {}
         super().__init__(
             m,
             dict(lr=eta_0, decay=decay),
@@ -72,11 +80,8 @@ class PrimalDual(DualOptimizer):
     def _validate_group(self, group: dict[str, Any], where: str) -> None:
         super()._validate_group(group, where)
         decay = group["decay"]
-        if not (callable(decay) or decay in _DECAYS):
-            raise ValueError(
-                f"{where}: decay must be one of {_DECAYS} or a callable t -> eta_t, "
-                f"got {decay!r}"
-            )
+        if not callable(decay) and not (isinstance(decay, str) and decay in _DECAYS):
+            raise fail("decay", f"one of {_DECAYS} or a callable t -> eta_t", decay, f"{where}: ")
 
     def step_size(self, group: dict[str, Any], t: int) -> float:
         """:math:`\\eta_t` of ``group`` at dual step ``t`` (1-based)."""
@@ -87,8 +92,20 @@ class PrimalDual(DualOptimizer):
             return group["lr"] / math.sqrt(t)
         return float(group["lr"])
 
+    def _prepare_step(self, group: dict[str, Any], state: dict[str, Any]) -> None:
+        decay = group["decay"]
+        if callable(decay):
+            t = state["step"] + 1
+            self._callable_eta[id(group)] = check_real(
+                f"decay({t})", decay(t), low=0.0,
+                where=f"constraint group {group['name']!r}: the step size ")
+
     def _dual_step(self, group: dict[str, Any], state: dict[str, Any], c: Tensor) -> None:
-        eta = self.step_size(group, state["step"] + 1)
+        eta = None
+        if callable(group["decay"]):
+            eta = self._callable_eta.pop(id(group), None)
+        if eta is None:
+            eta = self.step_size(group, state["step"] + 1)
         self._clamp(group, group["params"][0].add_(c, alpha=eta))
 
     def _zero_step_is_identity(self, group: dict[str, Any]) -> bool:

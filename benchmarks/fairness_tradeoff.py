@@ -24,6 +24,10 @@ Methods (``--methods``):
   ``validated:margin=0.005`` likewise: variants for comparisons.
 * ``proxy``: the default dual optimizer stepping on the rows of the *decisions* of each
   training batch (proxy constraints, ``dual_constraints=``); probabilities give the gradient.
+* ``tempered:T=0.25``: decisions constrained during training: the Lagrangian's rows are those
+  of a sharpened surrogate ``sigmoid(logit / T)``, the multipliers step on the rows of the
+  *decisions* of validation batches (margin ``--margin``), and the epoch is chosen on the
+  validation decision gap; its decisions are at 0.5.
 * ``unconstrained``, ``fairret``, and the peers when installed (the ``compare`` extra):
   ``hct-0.1`` (humancompatible-train's ALM at dual lr 0.1), ``cooper-0.1`` (Cooper's
   Lagrangian with simultaneous updates, dual lr 0.1). Not part of the default grid.
@@ -103,8 +107,8 @@ def parse(method: str) -> tuple[str, dict[str, float]]:
 def make_dual(method: str):
     """The dual optimizer of a method (None: no multipliers)."""
     name, kw = parse(method)
-    kw = {k: v for k, v in kw.items() if k not in ("margin", "dmargin")}
-    if name in ("default", "validated", "proxy", "adaptive"):
+    kw = {k: v for k, v in kw.items() if k not in ("margin", "dmargin", "T")}
+    if name in ("default", "validated", "proxy", "adaptive", "tempered"):
         return AdaptiveDual(m=2, is_ineq=True, **kw)
     if name == "nupi":
         return nuPI(m=2, is_ineq=True, **kw)
@@ -124,7 +128,9 @@ class Run:
         self.data, self.seed, self.eps, self.batch = data, seed, eps, batch
         self.method, self.epochs = method, epochs
         self.name, self.kw = parse(method)
-        self.validated = self.name == "validated"
+        self.validated = self.name in ("validated", "tempered")
+        #: tempered: decisions constrained through a sharpened surrogate (see _make_step)
+        self.tempered = self.name == "tempered"
         torch.manual_seed(seed)
         self.model = make_mlp(data.train.X.shape[1])
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
@@ -152,13 +158,17 @@ class Run:
             X, S = va.X[order], va.onehot()[order]
             batches = [(X[i:i + self.batch], S[i:i + self.batch])
                        for i in range(0, len(order), self.batch)]
-            held = HeldOutConstraints(batches, lambda x, s: rows(model(x), s, eps), model=model,
-                                      margin=self.kw.get("margin", MARGIN))
+            held = HeldOutConstraints(batches, lambda x, s: self.val_rows(model(x), s),
+                                      model=model, margin=self.kw.get("margin", MARGIN))
 
         proxy = self.name == "proxy"
+        temper = self.kw.get("T", 0.25)
 
         def step(x, s, y):
             logit = model(x)
+            if self.tempered:  # the rows of sigmoid(logit / T) approach the decisions' rates
+                return dual.forward_update(bce(logit, y), rows(logit / temper, s, eps),
+                                           dual_constraints=held())
             if proxy:  # decisions drive the dual step, probabilities give the gradient
                 with torch.no_grad():
                     decided = rows_of((torch.sigmoid(logit) >= 0.5).to(logit.dtype), s, eps)
@@ -167,6 +177,13 @@ class Run:
             return dual.forward_update(bce(logit, y), rows(logit, s, eps),
                                        dual_constraints=None if held is None else held())
         return step
+
+    def val_rows(self, logit: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        """The rows the held-out dual step and the iterate choice read: of probabilities, or
+        of decisions at 0.5 for ``tempered``."""
+        if self.tempered:
+            return rows_of((torch.sigmoid(logit) >= 0.5).to(logit.dtype), onehot, self.eps)
+        return rows(logit, onehot, self.eps)
 
     def _cooper_step(self) -> Callable:
         import cooper
@@ -238,7 +255,7 @@ class Run:
             if chooser is not None:
                 with torch.no_grad():
                     va = self.data.val
-                    val_rows = rows(self.model(va.X), va.onehot(), self.eps)
+                    val_rows = self.val_rows(self.model(va.X), va.onehot())
                 chooser.consider(metrics["val loss"], val_rows,
                                  {"model": self.model.state_dict()}, step=epoch + 1)
         result = {"seconds": time.perf_counter() - t0, "epoch": self.epochs}
@@ -337,7 +354,8 @@ def run_grid(args, results: dict, path: Path) -> None:
 
 #: The runs whose multiplier trace the figure draws (``plot_traces``); the other runs keep
 #: only the figures the tables need, so that the committed cache stays small.
-TRACED = {key("adult", 0, 0.05, b, m) for b in (64, 1024) for m in ("default", "alm-0.1", "alm-1")}
+TRACED = {key("adult", 0, 0.05, b, m) for b in (64, 1024)
+          for m in ("default", "adaptive:kappa_p=0", "alm-0.1", "alm-1")}
 
 
 def load(path: Path) -> dict:
@@ -503,6 +521,8 @@ LABELS = {
     "default": "**`AdaptiveDual()` defaults**",
     "validated": "**validated** (held-out dual step, best iterate)",
     "alm-0.03": "`ALM(lr=0.03)`", "alm-0.1": "`ALM(lr=0.1)`", "alm-0.3": "`ALM(lr=0.3)`",
+    "adaptive:kappa_p=0": "`AdaptiveDual(kappa_p=0)` (former default)",
+    "unconstrained": "unconstrained",
     "alm-1": "`ALM(lr=1)`",
 }
 
@@ -573,7 +593,8 @@ def main() -> None:
 
 def plot_traces(results: dict, path: str, ds: str = "adult", eps: float = 0.05,
                 seed: int = 0) -> None:
-    """Multiplier traces of the default and of ALM at two dual steps, batch 64 and 1024."""
+    """Multiplier traces of the default, of its former setting without the proportional
+    term, and of ALM at two dual steps, batch 64 and 1024."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -581,13 +602,15 @@ def plot_traces(results: dict, path: str, ds: str = "adult", eps: float = 0.05,
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
     for ax, batch in zip(axes, (64, 1024)):
-        for method, style in (("alm-1", ":"), ("alm-0.1", "--"), ("default", "-")):
+        for method, style in (("alm-1", ":"), ("alm-0.1", "--"), ("adaptive:kappa_p=0", "-."),
+                              ("default", "-")):
             r = results.get(key(ds, seed, eps, batch, method))
             if r is None or "lambda trace" not in r:
                 continue
             steps = [i * r["trace stride"] for i in range(len(r["lambda trace"]))]
             ax.plot(steps, r["lambda trace"], style, lw=1.2,
                     label="AdaptiveDual() defaults" if method == "default"
+                    else "AdaptiveDual(kappa_p=0)" if method.startswith("adaptive")
                     else f"ALM lr={method[4:]}")
         ax.set_title(f"{ds.capitalize()}, eps = {eps}, batch {batch}")
         ax.set_xlabel("training step")

@@ -39,6 +39,8 @@ import torch
 
 from .dual_optim import (
     ALM,
+    PBM,
+    SSG,
     AdaptiveDual,
     BestIterate,
     DualOptimizer,
@@ -46,6 +48,7 @@ from .dual_optim import (
     GroupThresholds,
     HeldOutConstraints,
     PrimalDual,
+    iALM,
     nuPI,
 )
 
@@ -60,6 +63,9 @@ ALGORITHMS: dict[str, tuple[str, float | None]] = {
     "nupi": ("nuPI: PI control of the multipliers (lr 0.1, kappa_p 10)", 0.1),
     "alm": ("augmented Lagrangian, ALM(lr=0.1)", 0.1),
     "alm-hpr": ("ALM with the HPR penalty 1.0, ALM(lr=0.1)", 0.1),
+    "ialm": ("inexact ALM with a growing penalty, iALM(lr=1.0)", 1.0),
+    "pbm": ("smoothed penalty-barrier method, PBM(lr=0.9), annealed per epoch", 0.9),
+    "ssg": ("switching subgradient: the loss when feasible, else the violated row", 1.0),
     "primal-dual": ("PrimalDual(eta_0=2.0)", 2.0),
     "projection": ("FairProjection of every batch's probabilities (hard constraints)", None),
     "unconstrained": ("no constraint (the baseline)", None),
@@ -135,6 +141,12 @@ def make_dual(algorithm: str, m: int, dual_lr: float | None) -> DualOptimizer | 
         return ALM(m=m, lr=lr, is_ineq=True)
     if algorithm == "alm-hpr":
         return ALM(m=m, lr=lr, is_ineq=True, penalty=1.0, augmentation="hpr")
+    if algorithm == "ialm":
+        return iALM(m=m, lr=lr, is_ineq=True)
+    if algorithm == "pbm":  # inequalities by construction (multiplicative, positive duals)
+        return PBM(m=m, lr=lr)
+    if algorithm == "ssg":
+        return SSG(m=m, lr=lr, is_ineq=True)
     if algorithm == "primal-dual":
         return PrimalDual(m=m, eta_0=lr, is_ineq=True)
     return None
@@ -296,6 +308,8 @@ def train(setup: Setup) -> Trained:
             setup.on_step()
         if diverged:
             break
+        if isinstance(dual, PBM):  # its penalty and dual step anneal per epoch
+            dual.end_epoch()
         row = _epoch_row(epoch, setup, output, bce, (("train", tr), ("val", va)), dual)
         history.append(row)
         snapshots.append(copy.deepcopy(model.state_dict()))

@@ -121,12 +121,13 @@ def test_strict_json_even_where_metrics_are_undefined(tmp_path, monkeypatch):
 
 
 def test_compare_and_decision_proxy(tmp_path):
-    code = run(tmp_path, "compare", "--data", "dutch", "--max-rows", "500", "--epochs", "1",
-               "--algorithms", "unconstrained", "alm", "alm-hpr", "--on", "decisions",
-               "--no-plots")
+    algorithms = ["unconstrained", "alm", "alm-hpr", "nupi", "ialm", "pbm", "ssg"]
+    code = run(tmp_path, "compare", "--data", "dutch", "--max-rows", "500", "--epochs", "2",
+               "--algorithms", *algorithms, "--on", "decisions", "--no-plots")
     assert code == 0
     report = report_of(tmp_path)
-    assert list(report["results"]) == ["unconstrained", "alm", "alm-hpr"]
+    assert list(report["results"]) == algorithms
+    assert all(r["status"] == "complete" for r in report["results"].values())
     res = report["results"]["alm"]
     assert res["max_gap"] == res["splits"]["test"]["gap"]["decisions"]  # --on decisions
 
@@ -626,7 +627,8 @@ def test_options_of_the_recipe(tmp_path):
 
 
 @pytest.mark.parametrize("algorithm, kind", [("adaptive", "AdaptiveDual"), ("nupi", "nuPI"),
-                                             ("alm", "ALM")])
+                                             ("alm", "ALM"), ("ialm", "iALM"), ("pbm", "PBM"),
+                                             ("ssg", "SSG")])
 def test_algorithm_choices_and_dual_lr(algorithm, kind):
     dual = _cli_train.make_dual(algorithm, 2, None)
     assert type(dual).__name__ == kind

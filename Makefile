@@ -42,7 +42,7 @@ serve: $(TEST_VENV)/.installed
 	NO_MKDOCS_2_WARNING=1 $(TEST_VENV)/bin/mkdocs serve
 
 tutorials: $(TEST_VENV)/.installed
-	$(TEST_VENV)/bin/python tutorials/run_notebooks.py --save
+	$(TEST_VENV)/bin/python docs/_ext/notebooks.py --save
 
 clean:
 	rm -rf $(TEST_VENV) $(DEMO_VENV) .pytest_cache .ruff_cache .hypothesis build/site

@@ -24,13 +24,17 @@ Methods (``--methods``):
   ``validated:margin=0.005`` likewise: variants for comparisons.
 * ``proxy``: the default dual optimizer stepping on the rows of the *decisions* of each
   training batch (proxy constraints, ``dual_constraints=``); probabilities give the gradient.
+* ``tempered:T=0.25``: decisions constrained during training: the Lagrangian's rows are those
+  of a sharpened surrogate ``sigmoid(logit / T)``, the multipliers step on the rows of the
+  *decisions* of validation batches (margin ``--margin``), and the epoch is chosen on the
+  validation decision gap; its decisions are at 0.5.
 * ``unconstrained``, ``fairret``, and the peers when installed (the ``compare`` extra):
   ``hct-0.1`` (humancompatible-train's ALM at dual lr 0.1), ``cooper-0.1`` (Cooper's
   Lagrangian with simultaneous updates, dual lr 0.1). Not part of the default grid.
 
-Each run is cached in a JSON file (``--results``), so the script can be stopped and resumed,
-or run on a slice (``--datasets``, ``--seeds``, ``--eps``, ``--batch-sizes``) and summarised
-later (``--summary-only``)::
+Each run is cached in a gzip-compressed JSON file (``--results``), so the script can be stopped
+and resumed, or run on a slice (``--datasets``, ``--seeds``, ``--eps``, ``--batch-sizes``) and
+summarised later (``--summary-only``)::
 
     python benchmarks/fairness_tradeoff.py --datasets dutch --eps 0.05 --batch-sizes 256
 """
@@ -38,6 +42,7 @@ later (``--summary-only``)::
 from __future__ import annotations
 
 import argparse
+import gzip
 import itertools
 import json
 import math
@@ -102,8 +107,8 @@ def parse(method: str) -> tuple[str, dict[str, float]]:
 def make_dual(method: str):
     """The dual optimizer of a method (None: no multipliers)."""
     name, kw = parse(method)
-    kw = {k: v for k, v in kw.items() if k not in ("margin", "dmargin")}
-    if name in ("default", "validated", "proxy", "adaptive"):
+    kw = {k: v for k, v in kw.items() if k not in ("margin", "dmargin", "T")}
+    if name in ("default", "validated", "proxy", "adaptive", "tempered"):
         return AdaptiveDual(m=2, is_ineq=True, **kw)
     if name == "nupi":
         return nuPI(m=2, is_ineq=True, **kw)
@@ -123,7 +128,9 @@ class Run:
         self.data, self.seed, self.eps, self.batch = data, seed, eps, batch
         self.method, self.epochs = method, epochs
         self.name, self.kw = parse(method)
-        self.validated = self.name == "validated"
+        self.validated = self.name in ("validated", "tempered")
+        #: tempered: decisions constrained through a sharpened surrogate (see _make_step)
+        self.tempered = self.name == "tempered"
         torch.manual_seed(seed)
         self.model = make_mlp(data.train.X.shape[1])
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
@@ -151,13 +158,17 @@ class Run:
             X, S = va.X[order], va.onehot()[order]
             batches = [(X[i:i + self.batch], S[i:i + self.batch])
                        for i in range(0, len(order), self.batch)]
-            held = HeldOutConstraints(batches, lambda x, s: rows(model(x), s, eps), model=model,
-                                      margin=self.kw.get("margin", MARGIN))
+            held = HeldOutConstraints(batches, lambda x, s: self.val_rows(model(x), s),
+                                      model=model, margin=self.kw.get("margin", MARGIN))
 
         proxy = self.name == "proxy"
+        temper = self.kw.get("T", 0.25)
 
         def step(x, s, y):
             logit = model(x)
+            if self.tempered:  # the rows of sigmoid(logit / T) approach the decisions' rates
+                return dual.forward_update(bce(logit, y), rows(logit / temper, s, eps),
+                                           dual_constraints=held())
             if proxy:  # decisions drive the dual step, probabilities give the gradient
                 with torch.no_grad():
                     decided = rows_of((torch.sigmoid(logit) >= 0.5).to(logit.dtype), s, eps)
@@ -166,6 +177,13 @@ class Run:
             return dual.forward_update(bce(logit, y), rows(logit, s, eps),
                                        dual_constraints=None if held is None else held())
         return step
+
+    def val_rows(self, logit: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        """The rows the held-out dual step and the iterate choice read: of probabilities, or
+        of decisions at 0.5 for ``tempered``."""
+        if self.tempered:
+            return rows_of((torch.sigmoid(logit) >= 0.5).to(logit.dtype), onehot, self.eps)
+        return rows(logit, onehot, self.eps)
 
     def _cooper_step(self) -> Callable:
         import cooper
@@ -237,7 +255,7 @@ class Run:
             if chooser is not None:
                 with torch.no_grad():
                     va = self.data.val
-                    val_rows = rows(self.model(va.X), va.onehot(), self.eps)
+                    val_rows = self.val_rows(self.model(va.X), va.onehot())
                 chooser.consider(metrics["val loss"], val_rows,
                                  {"model": self.model.state_dict()}, step=epoch + 1)
         result = {"seconds": time.perf_counter() - t0, "epoch": self.epochs}
@@ -259,7 +277,7 @@ class Run:
             stride = max(1, len(lam) // 400)
             result["lambda trace"] = [round(float(v), 5) for v in lam[::stride, row]]
             result["trace stride"] = stride
-        if self.validated:
+        if self.validated or self.name in ("unconstrained", "adaptive"):
             result.update(self.decisions())
         return result
 
@@ -279,6 +297,29 @@ class Run:
             out[f"{part} adjusted acc"] = float((d == split.y.reshape(-1).double()).double()
                                                 .mean())
         out["thresholds"] = thresholds.thresholds.tolist()
+        # Other margins of the thresholds, to measure the trade-off: none, 0.005, and one
+        # standard error of the validation estimate of the rate difference at the rates the
+        # margin-free thresholds give ("se").
+        te = self.data.test
+        p_te = torch.sigmoid(self.model(te.X)).reshape(-1)
+        y_te = te.y.reshape(-1).double()
+        free = GroupThresholds(eps=self.eps).fit(scores, va.groups(), va.y.reshape(-1))
+        counts = torch.bincount(va.groups()).double()
+        se = float((free.rates * (1 - free.rates) / counts).sum().sqrt())
+        for name, dm in (("0", 0.0), ("0.005", 0.005), ("se", se)):
+            fitted = GroupThresholds(eps=self.eps, margin=min(dm, self.eps)).fit(
+                scores, va.groups(), va.y.reshape(-1))
+            d = fitted.decide(p_te, te.groups()).double()
+            out[f"test adjusted decision gap m{name}"] = group_gap(d, te.groups())
+            out[f"test adjusted acc m{name}"] = float((d == y_te).double().mean())
+        out["validation se of the decision gap"] = se
+        # The reference no rule fitted elsewhere can beat: the most accurate per-group
+        # thresholds whose decisions meet eps on the test split itself (fitted there).
+        te = self.data.test
+        p = torch.sigmoid(self.model(te.X)).reshape(-1)
+        y = te.y.reshape(-1).double()
+        oracle = GroupThresholds(eps=self.eps).fit(p, te.groups(), y).decide(p, te.groups())
+        out["test oracle acc"] = float((oracle.double() == y).double().mean())
         return out
 
 
@@ -303,14 +344,38 @@ def run_grid(args, results: dict, path: Path) -> None:
                 print(f"  skip {method}: {exc}")
                 continue
             results[k] = result
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(results))
-            os.replace(tmp, path)
+            save(results, path)
             print(f"{k:44s} acc {result['test acc']:.4f}  gap train {result['train gap']:.4f} "
                   f"val {result['val gap']:.4f} test {result['test gap']:.4f}  decisions test "
                   f"{result['test decision gap']:.4f}  spread "
                   f"{result.get('lambda spread', math.nan):.2f}  epoch {result['epoch']}  "
                   f"({result['seconds']:.0f} s)", flush=True)
+
+
+#: The runs whose multiplier trace the figure draws (``plot_traces``); the other runs keep
+#: only the figures the tables need, so that the committed cache stays small.
+TRACED = {key("adult", 0, 0.05, b, m) for b in (64, 1024)
+          for m in ("default", "adaptive:kappa_p=0", "alm-0.1", "alm-1")}
+
+
+def load(path: Path) -> dict:
+    """The cache: gzip-compressed JSON when the name ends in ``.gz``, plain JSON otherwise."""
+    if not path.exists():
+        return {}
+    raw = path.read_bytes()
+    return json.loads(gzip.decompress(raw) if path.suffix == ".gz" else raw)
+
+
+def save(results: dict, path: Path) -> None:
+    """Write the cache through a temporary file (an interrupted write keeps the old one)."""
+    for k, r in results.items():
+        if k not in TRACED:
+            r.pop("lambda trace", None)
+    text = json.dumps(results, sort_keys=True, separators=(",", ":")).encode()
+    tmp = path.with_name(path.name + ".tmp")
+    # mtime=0: the same results give the same bytes (no spurious diff in git).
+    tmp.write_bytes(gzip.compress(text, 9, mtime=0) if path.suffix == ".gz" else text)
+    os.replace(tmp, path)
 
 
 def summary(args, results: dict) -> None:
@@ -407,12 +472,57 @@ def figures(args, results: dict) -> None:
               f"probability-constrained model <= 1 point in {sum(c <= 0.01 for _, c in dec)}/"
               f"{len(dec)} (mean {100 * statistics.mean(c for _, c in dec):.2f}, worst "
               f"{100 * max(c for _, c in dec):.2f} points)")
+        decisions_figures(val, runs("unconstrained"))
+
+
+def decisions_figures(val: list, unconstrained: list) -> None:
+    """Is the probability-constrained model's accuracy at 0.5 a fair reference for decisions
+    that meet eps? Its own decisions' gaps, the best any per-group thresholds could do on the
+    test split (fitted there), and thresholds on the unconstrained model instead."""
+    excess = [r["test decision gap"] - e for _, _, e, _, r in val]
+    print(f"  the reference's own decisions at 0.5 exceed eps on test in "
+          f"{sum(x > 0 for x in excess)}/{len(excess)} runs, eps + 0.01 in "
+          f"{sum(x > 0.01 for x in excess)} (mean excess {statistics.mean(excess):+.4f}, "
+          f"largest {max(excess):+.4f})")
+    oracle = [r["test oracle acc"] - r["test adjusted acc"] for *_, r in val
+              if "test oracle acc" in r]
+    if oracle:
+        print(f"  accuracy below the most accurate per-group thresholds that meet eps on the test "
+              f"split itself (fitted there): <= 1 point in {sum(c <= 0.01 for c in oracle)}/"
+              f"{len(oracle)} (mean {100 * statistics.mean(oracle):.2f}, worst "
+              f"{100 * max(oracle):.2f} points)")
+        cost = [r["test acc"] - r["test oracle acc"] for *_, r in val if "test oracle acc" in r]
+        print(f"  the oracle itself below the reference at 0.5: <= 1 point in "
+              f"{sum(c <= 0.01 for c in cost)}/{len(cost)} (mean {100 * statistics.mean(cost):.2f}"
+              f", worst {100 * max(cost):.2f} points): what parity of decisions costs")
+    for name in ("0", "0.005", "se"):
+        runs = [(e, r) for _, _, e, _, r in val if f"test adjusted acc m{name}" in r]
+        if runs:
+            ok = sum(r[f"test adjusted decision gap m{name}"] <= e + 0.01 for e, r in runs)
+            cost = [r["test acc"] - r[f"test adjusted acc m{name}"] for _, r in runs]
+            print(f"  thresholds with margin {name}: test decision gap <= eps + 0.01 in "
+                  f"{ok}/{len(runs)}; accuracy cost <= 1 point in "
+                  f"{sum(c <= 0.01 for c in cost)}/{len(cost)} (mean "
+                  f"{100 * statistics.mean(cost):.2f}, worst {100 * max(cost):.2f} points)")
+    base = {(ds, s, e, b): r for ds, s, e, b, r in unconstrained if "test adjusted acc" in r}
+    pairs = [(r, base[(ds, s, e, b)], e) for ds, s, e, b, r in val if (ds, s, e, b) in base]
+    if pairs:
+        gain = [u["test adjusted acc"] - v["test adjusted acc"] for v, u, _ in pairs]
+        ok = sum(u["test adjusted decision gap"] <= e + 0.01 for _, u, e in pairs)
+        cost = [v["test acc"] - u["test adjusted acc"] for v, u, _ in pairs]
+        print(f"  thresholds on the unconstrained model instead: test decision gap <= eps + 0.01 "
+              f"in {ok}/{len(pairs)}; accuracy {100 * statistics.mean(gain):+.2f} points against "
+              f"validated + thresholds (mean; range {100 * min(gain):+.2f} to "
+              f"{100 * max(gain):+.2f}); <= 1 point below the reference in "
+              f"{sum(c <= 0.01 for c in cost)}/{len(cost)}")
 
 
 LABELS = {
     "default": "**`AdaptiveDual()` defaults**",
     "validated": "**validated** (held-out dual step, best iterate)",
     "alm-0.03": "`ALM(lr=0.03)`", "alm-0.1": "`ALM(lr=0.1)`", "alm-0.3": "`ALM(lr=0.3)`",
+    "adaptive:kappa_p=0": "`AdaptiveDual(kappa_p=0)` (former default)",
+    "unconstrained": "unconstrained",
     "alm-1": "`ALM(lr=1)`",
 }
 
@@ -460,8 +570,9 @@ def main() -> None:
     ap.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 256, 1024])
     ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--results", default="benchmarks/results/fairness_tradeoff.json",
-                    help="JSON cache of per-run results (resumable)")
+    ap.add_argument("--results", default="benchmarks/results/fairness_tradeoff.json.gz",
+                    help="cache of per-run results, JSON (gzip-compressed if the name ends "
+                         "in .gz; resumable)")
     ap.add_argument("--summary-only", action="store_true", help="print from the cache only")
     ap.add_argument("--plot", default=None, help="write the multiplier-trace figure (PNG) here")
     ap.add_argument("--markdown", action="store_true",
@@ -470,7 +581,7 @@ def main() -> None:
     torch.set_num_threads(1)
     path = Path(args.results)
     path.parent.mkdir(parents=True, exist_ok=True)
-    results = json.loads(path.read_text()) if path.exists() else {}
+    results = load(path)
     if not args.summary_only:
         run_grid(args, results, path)
     summary(args, results)
@@ -482,7 +593,8 @@ def main() -> None:
 
 def plot_traces(results: dict, path: str, ds: str = "adult", eps: float = 0.05,
                 seed: int = 0) -> None:
-    """Multiplier traces of the default and of ALM at two dual steps, batch 64 and 1024."""
+    """Multiplier traces of the default, of its former setting without the proportional
+    term, and of ALM at two dual steps, batch 64 and 1024."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -490,13 +602,15 @@ def plot_traces(results: dict, path: str, ds: str = "adult", eps: float = 0.05,
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
     for ax, batch in zip(axes, (64, 1024)):
-        for method, style in (("alm-1", ":"), ("alm-0.1", "--"), ("default", "-")):
+        for method, style in (("alm-1", ":"), ("alm-0.1", "--"), ("adaptive:kappa_p=0", "-."),
+                              ("default", "-")):
             r = results.get(key(ds, seed, eps, batch, method))
             if r is None or "lambda trace" not in r:
                 continue
             steps = [i * r["trace stride"] for i in range(len(r["lambda trace"]))]
             ax.plot(steps, r["lambda trace"], style, lw=1.2,
                     label="AdaptiveDual() defaults" if method == "default"
+                    else "AdaptiveDual(kappa_p=0)" if method.startswith("adaptive")
                     else f"ALM lr={method[4:]}")
         ax.set_title(f"{ds.capitalize()}, eps = {eps}, batch {batch}")
         ax.set_xlabel("training step")

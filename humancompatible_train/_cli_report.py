@@ -1,8 +1,9 @@
 """What the command line reports, and how it writes it.
 
 * :func:`evaluate` measures a served model on one split, the same way whatever trained it: the
-  gap of the constrained statistic on probabilities and on thresholded decisions, whether each
-  meets ε, accuracy, the p%-rule and every per-group metric of :class:`GroupMetrics`. A
+  gap of the constrained statistic on probabilities, on the served decisions (per-group
+  thresholds where fitted) and on decisions at p >= 0.5, whether each meets ε, accuracy, the
+  p%-rule and every per-group metric of :class:`GroupMetrics`. A
   non-finite output or an undefined statistic gives ``None`` (JSON ``null``) and
   ``meets_eps: False``: NaN is never fair.
 * :class:`OutputFolder` checks ``--out`` before any work, writes every file under a temporary
@@ -28,8 +29,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .fairness import ConstraintValues, FairnessConstraint
 
 SPLITS = ("train", "validation", "test")
-#: What ``--on`` constrains, and the other view that is reported beside it.
-VIEWS = ("probabilities", "decisions")
+#: The views of every split: the statistic of probabilities, of the decisions served (per-group
+#: thresholds where fitted, else p >= 0.5), and of decisions at p >= 0.5 (the same when no
+#: thresholds were fitted); both decision views are reported so that each is visible.
+VIEWS = ("probabilities", "decisions", "decisions_at_0.5")
+#: Per-group metrics of the served decisions (the soft ones describe scores, not decisions).
+_DECISION_METRICS = ("count", "positive_rate", "base_rate", "accuracy", "tpr", "fpr", "ppv")
 
 
 def _gap(values: ConstraintValues) -> float | None:
@@ -41,14 +46,26 @@ def _gap(values: ConstraintValues) -> float | None:
     return float((stats.amax(-1) - stats.amin(-1)).amax())
 
 
-def evaluate(fc: FairnessConstraint, logit: torch.Tensor | None, split: Split) -> dict[str, Any]:
-    """The report of one split (``logit=None``: no model to serve, every metric ``None``)."""
+def as_logits(decisions: torch.Tensor) -> torch.Tensor:
+    """Float64 logits (+-30) whose decisions at p >= 0.5 are ``decisions`` exactly."""
+    return torch.where(decisions.reshape(-1, 1).bool(), 30.0, -30.0).double()
+
+
+def evaluate(fc: FairnessConstraint, logit: torch.Tensor | None, split: Split,
+             decisions: torch.Tensor | None = None) -> dict[str, Any]:
+    """The report of one split (``logit=None``: no model to serve, every metric ``None``).
+
+    ``decisions`` are the served decisions when they are not ``p >= 0.5`` (e.g. per-group
+    thresholds); ``accuracy``, ``p_rule`` and the ``decisions`` view are then theirs, and
+    ``accuracy_at_0.5``, ``p_rule_at_0.5`` and ``decisions_at_0.5`` those of ``p >= 0.5``.
+    """
     from .fairness import GroupMetrics
 
     n = len(split)
     out: dict[str, Any] = {"rows": n, "accuracy": None, "loss": None,
                            "gap": dict.fromkeys(VIEWS), "meets_eps": dict.fromkeys(VIEWS, False),
-                           "p_rule": None, "metrics": None}
+                           "p_rule": None, "accuracy_at_0.5": None, "p_rule_at_0.5": None,
+                           "metrics": None, "decision_metrics": None}
     if logit is None:
         return out
     if not bool(torch.isfinite(logit).all()):
@@ -56,19 +73,34 @@ def evaluate(fc: FairnessConstraint, logit: torch.Tensor | None, split: Split) -
         return out
     # float64: a gap of exactly eps (3/60 - 0/20 = 0.05) must read as met, not 0.0500000007.
     logit, groups, y = logit.double(), split.groups(), split.y.double()
-    for view, rows in (("probabilities", fc(logit, groups, y)),
-                       ("decisions", fc.decisions(logit, groups, y))):
-        gap = _gap(rows)
+    served = None if decisions is None else as_logits(decisions)
+    views = {"probabilities": fc(logit, groups, y),
+             "decisions_at_0.5": fc.decisions(logit, groups, y)}
+    views["decisions"] = views["decisions_at_0.5"] if served is None else \
+        fc.decisions(served, groups, y)
+    for view in VIEWS:
+        gap = _gap(views[view])
         out["gap"][view] = gap
         out["meets_eps"][view] = gap is not None and gap <= fc.eps
-    metrics = GroupMetrics(list(fc.groups.names), scores="logits")
+    names = list(fc.groups.names)
+    metrics = GroupMetrics(names, scores="logits")
     metrics.update(logit, groups, y)
     rep = metrics.compute()
-    out["accuracy"] = rep.overall["accuracy"]
     out["loss"] = float(torch.nn.functional.binary_cross_entropy_with_logits(logit, y))
-    out["p_rule"] = rep.p_rule
+    out["accuracy_at_0.5"] = out["accuracy"] = rep.overall["accuracy"]
+    out["p_rule_at_0.5"] = out["p_rule"] = rep.p_rule
     out["metrics"] = rep.to_dict()
     out["text"] = str(rep)
+    if served is not None:
+        mine = GroupMetrics(names, scores="logits")
+        mine.update(served, groups, y)
+        dec = mine.compute()
+        out["accuracy"], out["p_rule"] = dec.overall["accuracy"], dec.p_rule
+        out["decision_metrics"] = {"by_group": {m: dec.by_group[m] for m in _DECISION_METRICS},
+                                   "overall": {m: dec.overall[m] for m in _DECISION_METRICS}}
+        out["text"] += "\nserved decisions (per-group thresholds): " + ", ".join(
+            f"positive rate {g} {r:.4f}" for g, r in zip(names, dec.by_group["positive_rate"])
+        ) + f"; accuracy {dec.overall['accuracy']:.4f}; p%-rule {100 * dec.p_rule:.1f}%"
     return out
 
 
@@ -206,23 +238,28 @@ def _met(x: bool, gap: Any) -> str:
 
 
 def table(results: Mapping[str, Mapping[str, Any]], eps: float) -> str:
-    """One line per algorithm and split: accuracy, gaps and whether eps is met (probabilities
-    and decisions), p%-rule."""
+    """One line per algorithm and split: accuracy, gaps and whether eps is met (probabilities,
+    the served decisions, decisions at p >= 0.5), p%-rule."""
     head = (f"{'algorithm':15s} {'split':10s} {'accuracy':>8s} {'gap prob':>9s} {'met':>4s} "
-            f"{'gap dec':>8s} {'met':>4s} {'p%-rule':>8s}")
-    lines = [f"eps = {eps:g}; 'met': gap <= eps ('n/a': undefined)", head, "-" * len(head)]
+            f"{'gap dec':>8s} {'met':>4s} {'p%-rule':>8s} | {'acc@0.5':>8s} {'gap@0.5':>8s} "
+            f"{'met':>4s}")
+    lines = [f"eps = {eps:g}; 'met': gap <= eps ('n/a': undefined); 'dec': the served "
+             "decisions (per-group thresholds where fitted); '@0.5': decisions at p >= 0.5",
+             head, "-" * len(head)]
     for algorithm, res in results.items():
         if res.get("status") == "diverged":
             lines.append(f"{algorithm:15s} diverged: {res.get('diverged')}")
             continue
         for i, split in enumerate(SPLITS):
             r = res["splits"][split]
-            gp, gd = r["gap"]["probabilities"], r["gap"]["decisions"]
+            gp, gd, g5 = (r["gap"][v] for v in VIEWS)
+            met = r["meets_eps"]
             lines.append(
                 f"{algorithm if i == 0 else '':15s} {split:10s} {_num(r['accuracy'], '8.4f')} "
-                f"{_num(gp, '9.4f')} {_met(r['meets_eps']['probabilities'], gp):>4s} "
-                f"{_num(gd, '8.4f')} {_met(r['meets_eps']['decisions'], gd):>4s} "
-                f"{_num(r['p_rule'], '8.3f')}")
+                f"{_num(gp, '9.4f')} {_met(met['probabilities'], gp):>4s} "
+                f"{_num(gd, '8.4f')} {_met(met['decisions'], gd):>4s} "
+                f"{_num(r['p_rule'], '8.3f')} | {_num(r['accuracy_at_0.5'], '8.4f')} "
+                f"{_num(g5, '8.4f')} {_met(met['decisions_at_0.5'], g5):>4s}")
     return "\n".join(lines)
 
 

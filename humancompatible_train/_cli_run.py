@@ -158,10 +158,14 @@ class Session:
                 self.results[algorithm] = self._evaluate(algorithm, trained)
 
     def _log_epoch(self, algorithm: str, row: dict[str, float]) -> None:
-        gaps = [row.get(f"train gap {n}", math.nan) for n in self.fc.names]
+        stats = self.fc.statistic_names
+
+        def gaps(part: str) -> str:
+            return " ".join(f"{row.get(f'{part} gap {k}', math.nan):.4f}" for k in stats)
+
         duals = [row[f"dual {n}"] for n in self.fc.names if f"dual {n}" in row]
-        logger.info("[%s] epoch %d  loss %.4f  train gap %s (eps %g)%s", algorithm,
-                    row["epoch"], row["train_loss"], " ".join(f"{g:.4f}" for g in gaps),
+        logger.info("[%s] epoch %d  loss %.4f  gap train %s  validation %s (eps %g)%s",
+                    algorithm, row["epoch"], row["train_loss"], gaps("train"), gaps("val"),
                     self.fc.eps, "  duals " + " ".join(f"{v:.3f}" for v in duals) if duals
                     else "")
 
@@ -170,9 +174,13 @@ class Session:
         evaluated: dict[str, Any] = {}
         for name, split in splits.items():
             logit = None if trained.diverged else trained.predict(split)
+            decisions = None
+            if logit is not None and trained.decide is not None and \
+                    bool(torch.isfinite(logit).all()):
+                decisions = trained.decide(split)
             if name == "test" and logit is not None:
                 self.scores[algorithm] = torch.sigmoid(logit).reshape(-1)
-            evaluated[name] = report.evaluate(self.fc, logit, split)
+            evaluated[name] = report.evaluate(self.fc, logit, split, decisions)
         if not trained.diverged:
             bad = [n for n, e in evaluated.items() if e["accuracy"] is None]
             if bad:  # finite loss but non-finite outputs: still no fair model
@@ -183,7 +191,7 @@ class Session:
             "status": "diverged" if trained.diverged else "complete",
             "diverged": trained.diverged,
             "epochs_trained": trained.epochs_run,
-            "selected_epoch": trained.selected_epoch,
+            "selected_epoch": trained.selected_epoch,  # the epoch whose model is served
             **trained.details,
             # The test split in short (what a user reads first), then every split in full.
             "accuracy": test["accuracy"],

@@ -181,25 +181,32 @@ def _make():
     return model, torch.optim.Adam(model.parameters(), lr=1e-2), nuPI(2, lr=0.5, is_ineq=True)
 
 
-def test_resume_is_bitwise_identical():
-    model, opt, dual = _make()
-    _train(model, opt, dual, range(40))
+def _resume_matches(make, first, second):
+    """Train ``first`` steps, checkpoint, train ``second``; a fresh copy loaded from the
+    checkpoint and trained ``second`` holds the same multipliers bit for bit."""
+    model, opt, dual = make()
+    _train(model, opt, dual, first)
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
                 "dual": dual.state_dict()}, buf)
-    _train(model, opt, dual, range(40, 80))
+    _train(model, opt, dual, second)
     buf.seek(0)
     ckpt = torch.load(buf, weights_only=True)
-    model2, opt2, dual2 = _make()
+    model2, opt2, dual2 = make()
     model2.load_state_dict(ckpt["model"])
     opt2.load_state_dict(ckpt["opt"])
     dual2.load_state_dict(ckpt["dual"])
-    state = dual2.state[dual2.param_groups[0]["params"][0]]
-    assert state["started"].dtype == torch.bool and state["xi"].dtype == torch.float32
-    _train(model2, opt2, dual2, range(40, 80))
+    _train(model2, opt2, dual2, second)
     assert torch.equal(dual.duals, dual2.duals)
     for a, b in zip(model.parameters(), model2.parameters()):
         assert torch.equal(a, b)
+    return dual2
+
+
+def test_resume_is_bitwise_identical():
+    dual2 = _resume_matches(_make, range(40), range(40, 80))
+    state = dual2.state[dual2.param_groups[0]["params"][0]]
+    assert state["started"].dtype == torch.bool and state["xi"].dtype == torch.float32
 
 
 # ------------------------------------------------------------------ errors
@@ -274,28 +281,45 @@ def test_two_processes_hold_identical_multipliers_equal_to_the_averaged_run():
 
 
 # ------------------------------------------------------------------ AdaptiveDual
-def adaptive_by_hand(cs, lr, beta, clip, offset):
-    """The standardised step written out independently (kappa_p = 0)."""
+def adaptive_by_hand(cs, lr, beta, clip, offset, kappa_p=0.0, nu=0.9):
+    """The standardised step written out independently (with the nuPI proportional term on
+    the standardised values when kappa_p > 0; its average starts at the first value)."""
     lam = np.zeros(len(cs[0]))
     noise = np.zeros(len(cs[0]))
     weight = 0.0
-    prev = None
+    prev = xi = None
     out = []
     for c in np.asarray(cs, dtype=np.float64):
         d2 = c ** 2 if prev is None else 0.5 * (c - prev) ** 2
         noise = beta * noise + (1 - beta) * d2
         weight = beta * weight + (1 - beta)
         z = np.clip(c / np.sqrt(noise / weight), -clip, clip) + offset
-        lam = lam + lr * z
+        xi_prev = z if xi is None else xi
+        xi = nu * xi_prev + (1 - nu) * z
+        lam = lam + lr * (z + kappa_p * (xi - xi_prev))
         prev = c
         out.append(lam.copy())
     return out
 
 
+def test_adaptive_defaults_by_hand():
+    """The class defaults: lr 0.003, beta 0.99, clip 3, offset 0.15, kappa_p 10, nu 0.9."""
+    from humancompatible_train.dual_optim import AdaptiveDual
+
+    dual = AdaptiveDual(2, dtype=torch.float64)
+    expected = adaptive_by_hand(C, 0.003, 0.99, 3.0, 0.15, kappa_p=10.0, nu=0.9)
+    for c, lam in zip(C, expected):
+        dual.step(torch.tensor(c, dtype=torch.float64))
+        np.testing.assert_allclose(dual.duals.numpy(), lam, rtol=0, atol=1e-15)
+    # The proportional term is there: without it the sequence differs.
+    assert not np.allclose(expected[-1], adaptive_by_hand(C, 0.003, 0.99, 3.0, 0.15)[-1])
+
+
 def test_adaptive_first_step_and_sequence_by_hand():
     from humancompatible_train.dual_optim import AdaptiveDual
 
-    dual = AdaptiveDual(2, lr=1.0, beta=0.5, clip=3.0, offset=0.0, dtype=torch.float64)
+    dual = AdaptiveDual(2, lr=1.0, beta=0.5, clip=3.0, offset=0.0, kappa_p=0.0,
+                        dtype=torch.float64)
     dual.step(torch.tensor(C[0], dtype=torch.float64))
     assert dual.duals.tolist() == [1.0, -1.0]  # z_0 = sign(c_0)
     # Step 2 by hand: v = 0.5*(0.125, 0.5) + 0.5*0.5*(0.0625, 9) = (0.078125, 2.5),
@@ -313,7 +337,7 @@ def test_adaptive_clip_offset_and_clamp():
     from humancompatible_train.dual_optim import AdaptiveDual
 
     cs = [[1.0], [1.2], [-5.0], [0.2], [-0.1]]
-    dual = AdaptiveDual(1, lr=0.1, beta=0.9, clip=2.0, offset=0.5, is_ineq=True,
+    dual = AdaptiveDual(1, lr=0.1, beta=0.9, clip=2.0, offset=0.5, kappa_p=0.0, is_ineq=True,
                         dtype=torch.float64)
     # The clamp does not feed back into z: the clamped sequence adds the same increments.
     unclamped = [0.0] + [v[0] for v in adaptive_by_hand(cs, 0.1, 0.9, 2.0, 0.5)]
@@ -398,20 +422,7 @@ def test_adaptive_resume_is_bitwise_identical():
         return (model, torch.optim.Adam(model.parameters(), lr=1e-2),
                 AdaptiveDual(2, lr=0.05, kappa_p=1.0, is_ineq=True))
 
-    model, opt, dual = make()
-    _train(model, opt, dual, range(30))
-    buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                "dual": dual.state_dict()}, buf)
-    _train(model, opt, dual, range(30, 60))
-    buf.seek(0)
-    ckpt = torch.load(buf, weights_only=True)
-    model2, opt2, dual2 = make()
-    model2.load_state_dict(ckpt["model"])
-    opt2.load_state_dict(ckpt["opt"])
-    dual2.load_state_dict(ckpt["dual"])
-    _train(model2, opt2, dual2, range(30, 60))
-    assert torch.equal(dual.duals, dual2.duals)
+    _resume_matches(make, range(30), range(30, 60))
 
 
 @pytest.mark.parametrize("kwargs", [{"beta": 1.0}, {"clip": 0.0}, {"offset": float("inf")},

@@ -297,3 +297,47 @@ def test_a_failed_fit_keeps_the_previous_thresholds():
     with pytest.raises(ValueError, match="labels"):
         fitted.fit(scores, groups, torch.tensor([1, 0, 2, 0]))
     assert torch.equal(fitted.thresholds, before)
+
+
+# ------------------------------------------------------------------ the benchmark's cache
+def test_readme_table_is_reproducible_from_the_committed_cache():
+    """``fairness_tradeoff.py --summary-only --markdown`` on the committed (gzip) cache prints
+    the README's table, row for row."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "fairness_tradeoff.py"),
+                           "--summary-only", "--markdown"], capture_output=True, text=True,
+                          cwd=root, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + 2 * 7  # header, then 7 rows per data set
+    readme = (root / "README.md").read_text(encoding="utf-8").splitlines()
+    assert all(row in readme for row in rows)
+    assert "default: train gap <= eps in" in done.stdout
+
+
+def test_benchmark_cache_round_trips_through_gzip(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fairness_tradeoff.py"
+    spec = importlib.util.spec_from_file_location("fairness_tradeoff", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    traced = next(iter(bench.TRACED))
+    results = {traced: {"test acc": 0.8, "lambda trace": [0.1, 0.2]},
+               "dutch|0|0.05|256|default|1ep": {"test acc": 0.7, "lambda trace": [0.3]}}
+    for name in ("cache.json.gz", "cache.json"):
+        bench.save({k: dict(v) for k, v in results.items()}, tmp_path / name)
+        back = bench.load(tmp_path / name)
+        assert back[traced] == results[traced]  # the plotted trace is kept
+        assert back["dutch|0|0.05|256|default|1ep"] == {"test acc": 0.7}  # others dropped
+    raw = (tmp_path / "cache.json.gz").read_bytes()
+    assert raw[:2] == b"\x1f\x8b"  # gzip
+    bench.save(back, tmp_path / "again.json.gz")
+    bench.save(back, tmp_path / "twice.json.gz")
+    assert (tmp_path / "again.json.gz").read_bytes() == (tmp_path / "twice.json.gz").read_bytes()
+    assert bench.load(tmp_path / "absent.json.gz") == {}

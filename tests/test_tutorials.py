@@ -26,7 +26,7 @@ _spec.loader.exec_module(notebooks)
 
 
 def test_there_are_tutorials():
-    assert len(NOTEBOOKS) >= 6
+    assert len(NOTEBOOKS) >= 8
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

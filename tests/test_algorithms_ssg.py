@@ -36,6 +36,30 @@ def test_switch_by_hand():
     assert dual.state_dict()["state"][0]["on_constraints"].dtype == torch.bool
 
 
+@pytest.mark.parametrize("is_ineq", [True, False])
+@pytest.mark.parametrize("check_finite", [True, False])
+def test_one_constraint_by_hand(is_ineq, check_finite):
+    """A single constraint (its own shorter step): lambda = lr [e > 0] for an inequality,
+    lr c [e > 0] for an equality, with e = c - tol (|c| - tol); 0-d and (1,) values alike;
+    a NaN in unchecked mode is left out (lambda 0, the loss descended)."""
+    lr, tol = 1.5, 0.2
+    dual = SSG(1, lr=lr, tol=tol, is_ineq=is_ineq, check_finite=check_finite)
+    cases = [0.5, 0.1, -0.7, 0.2] + ([float("nan")] if not check_finite else [])
+    for value in cases:
+        for shape in ((), (1,)):
+            loss = torch.tensor(3.0, requires_grad=True)
+            c = torch.full(shape, value, requires_grad=True)
+            excess = (value if is_ineq else abs(value)) - tol
+            on = excess > 0  # False for NaN
+            lam = (lr if is_ineq else lr * value) if on else 0.0
+            lagr = dual.forward_update(loss, c)
+            assert bool(dual.on_constraints) == on
+            assert dual.duals.tolist() == [pytest.approx(lam)]
+            lagr.backward()
+            assert loss.grad.item() == (0.0 if on else 1.0)
+            assert c.grad.reshape(-1).tolist() == [pytest.approx(lam)]
+
+
 def test_worst_excess_over_groups_with_equalities_and_own_tolerances():
     dual = SSG(1, tol=0.0, name="a")
     dual.add_constraint_group(2, name="b", is_ineq=False, tol=0.5, lr=3.0)

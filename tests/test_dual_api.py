@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from humancompatible_train.dual_optim import ALM, PrimalDual
+from humancompatible_train.dual_optim import ALM, PBM, SSG, PrimalDual, iALM, nuPI
 
 
 def snapshot(dual):
@@ -303,6 +303,13 @@ ONE_GROUP = [
     lambda: ALM(3, lr=0.3, penalty=2.0, augmentation="hpr", is_ineq=True),
     lambda: ALM(3, lr=0.3, penalty=1.0, dual_range=(-1.0, 0.4)),
     lambda: PrimalDual(3, eta_0=0.7, is_ineq=True),
+    # SSG weighs the loss by its switch; PBM has its own Lagrangian term and state.
+    lambda: SSG(3, lr=0.5, tol=0.1),
+    lambda: SSG(3, lr=0.5, tol=0.2, is_ineq=False),
+    lambda: PBM(3, lr=0.8, penalty_update="aimd"),
+    lambda: PBM(3, lr=0.8, pbf="quadratic_reciprocal"),
+    lambda: iALM(3, lr=0.4, is_ineq=True),
+    lambda: nuPI(3, lr=0.4, kappa_p=0.5, is_ineq=True),
 ]
 
 
@@ -315,11 +322,12 @@ def test_one_tensor_and_the_general_path_give_the_same_trajectory(make):
         loss = torch.randn((), generator=gen)
         grads = []
         for dual, layout in ((fast, lambda v: v), (general, lambda v: [v])):
-            w = c.clone().requires_grad_()
-            lagr = dual.forward_update(loss, layout(w * 1.0))
+            w, f = c.clone().requires_grad_(), loss.clone().requires_grad_()
+            lagr = dual.forward_update(f * 1.0, layout(w * 1.0))
             lagr.backward()
-            grads.append((lagr.detach(), w.grad))
-        assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+            grads.append((lagr.detach(), w.grad, f.grad))
+        for a, b in zip(*grads):
+            assert torch.equal(a, b)
         assert torch.equal(fast.duals, general.duals)
     assert fast.state_dict()["state"][0]["step"] == 6
 

@@ -65,8 +65,10 @@ logger = logging.getLogger("humancompatible_train")
 ConstraintsLike = Tensor | Sequence[Tensor] | Mapping[str, Tensor]
 
 # Overriding one of these means a call is no longer "one _dual_step": the fast path is off.
+# (_masked_dual_step is not one: the fast path runs only with check_finite=True, which never
+# masks.)
 _FAST_PATH_BLOCKERS = ("step", "forward_update", "_update", "_apply_dual_step", "_lagrangian",
-                       "_split", "_check_finite", "_masked_dual_step")
+                       "_split", "_check_finite")
 
 
 def linear_term(duals: Tensor, c: Tensor) -> Tensor:
@@ -120,6 +122,8 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     _ALIASES: dict[str, str] = {}
     #: Whether the class overrides :meth:`_prepare_step` (the fast path skips the no-op call).
     _prepares = False
+    #: Whether the class overrides :meth:`_objective` (both paths skip the no-op call).
+    _weighs_loss = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -127,6 +131,7 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             cls._fast_path = cls._fast_path and not any(n in vars(cls)
                                                         for n in _FAST_PATH_BLOCKERS)
         cls._prepares = cls._prepare_step is not DualOptimizer._prepare_step
+        cls._weighs_loss = cls._objective is not DualOptimizer._objective
 
     def __init__(
         self,
@@ -393,6 +398,8 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
                 state["step"] += 1
                 # Learning-rate schedulers check that the optimizer stepped before they do.
                 self._flags["opt_called"] = True
+                if self._weighs_loss:
+                    loss = self._objective(loss)
                 return loss + self._lagrangian_term(group, duals.clone(), constraints)
         self._check_loss(loss)
         hooked = _hooks.has_step_hooks(self)
@@ -473,6 +480,11 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         ``c`` is 1-D, or 0-d for a one-constraint group given as a scalar.
         """
         return linear_term(duals, c)
+
+    def _objective(self, loss: Tensor) -> Tensor:
+        """The loss's term of the Lagrangian, after this call's dual step; the loss itself by
+        default (SSG drops it while it descends a constraint)."""
+        return loss
 
     def _zero_step_is_identity(self, group: dict[str, Any]) -> bool:
         """Whether a dual step on a constraint value of 0 leaves multipliers and buffers as
@@ -558,7 +570,7 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         self._validated[i] = self._snapshot(group)
 
     def _lagrangian(self, loss: Tensor, parts: list[Tensor]) -> Tensor:
-        lagrangian = loss
+        lagrangian = self._objective(loss) if self._weighs_loss else loss
         for group, c in zip(self.param_groups, parts):
             if not self.check_finite:
                 # One op whose gradient is zero at the non-finite entries.

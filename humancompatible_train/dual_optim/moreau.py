@@ -122,6 +122,19 @@ class MoreauEnvelope(torch.optim.Optimizer):
     def _params(self) -> list[Tensor]:
         return [p for g in self.param_groups for p in g["params"]]
 
+    def _anchors(self, params: list[Tensor]) -> list[Tensor]:
+        """The parameters' anchors, in order; a parameter added to the inner optimizer later
+        gets its anchor here."""
+        anchors = []
+        state = self.state
+        for p in params:
+            entry = state[p]
+            z = entry.get("z")
+            if z is None:
+                z = entry["z"] = p.detach().clone()
+            anchors.append(z)
+        return anchors
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One step of the wrapped optimizer on the smoothed gradient; then the anchor moves
@@ -131,26 +144,35 @@ class MoreauEnvelope(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         params = self._params()
-        for p in params:
+        for p in params:  # before any anchor is created
             if p.grad is not None and p.grad.is_sparse:
                 raise fail("MoreauEnvelope.step: gradient", "dense gradients",
                            "a sparse gradient")
-        for p in params:
-            if "z" not in self.state[p]:  # a group added to the inner optimizer later
-                self.state[p]["z"] = p.detach().clone()
-        with_grad = [p for p in params if p.grad is not None]
+        anchors = self._anchors(params)
+        if self.mu != 0.0:
+            with_grad, found, zs = [], [], []
+            for p, z in zip(params, anchors):
+                if p.grad is not None:
+                    with_grad.append(p)
+                    found.append(p.grad)
+                    zs.append(z)
         if self.mu != 0.0 and with_grad:
-            found = [p.grad for p in with_grad]
             smoothed = torch._foreach_add(found, with_grad, alpha=self.mu)
-            torch._foreach_add_(smoothed, [self.state[p]["z"] for p in with_grad],
-                                alpha=-self.mu)
-            with swapped_gradients(with_grad, smoothed):
+            torch._foreach_add_(smoothed, zs, alpha=-self.mu)
+            # The inner optimizer sees the smoothed gradients; afterwards (even on an error)
+            # every .grad is the tensor it was (swapped_gradients, inlined: this is per step).
+            try:
+                for p, g in zip(with_grad, smoothed):
+                    p.grad = g
                 self.optimizer.step()
+            finally:
+                for p, g in zip(with_grad, found):
+                    p.grad = g
         else:
             self.optimizer.step()
         self._step_count += 1
         if self._step_count % self.every == 0 and self.beta != 0.0:
-            torch._foreach_lerp_([self.state[p]["z"] for p in params], params, self.beta)
+            torch._foreach_lerp_(anchors, params, self.beta)
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:

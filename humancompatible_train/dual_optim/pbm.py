@@ -29,27 +29,37 @@ def penalty_barrier(t: Tensor, kind: str) -> Tensor:
     :math:`\tfrac{32}{27}\,\tfrac{1}{1 - t} - \tfrac76`. :math:`\varphi(0) = 0`,
     :math:`\varphi'(0) = 1`, :math:`\varphi' > 0`.
     """
-    knot = _KNOT[kind]
-    # The barrier branch is evaluated at min(t, knot) so that the branch torch.where drops
-    # stays finite and its gradient (multiplied by 0) never turns into NaN.
-    low = t.clamp(max=knot)
-    if kind == "quadratic_logarithmic":
-        barrier = -0.25 * torch.log(-2.0 * low) - 0.375
-    else:
-        barrier = (32.0 / 27.0) / (1.0 - low) - 7.0 / 6.0
-    return torch.where(t >= knot, t + 0.5 * t * t, barrier)
+    return _value(t, *_split(t, kind), kind)
 
 
 def penalty_barrier_derivative(t: Tensor, kind: str) -> Tensor:
     r""":math:`\varphi'(t)`: :math:`1 + t` above the knot, :math:`-1/(4t)` (logarithmic) or
     :math:`\tfrac{32}{27}(1 - t)^{-2}` (reciprocal) below."""
+    return _slope(t, *_split(t, kind), kind)
+
+
+def _split(t: Tensor, kind: str) -> tuple[Tensor, Tensor]:
+    """(whether t is on the quadratic branch, t clamped to the barrier branch). The barrier
+    branch is evaluated at min(t, knot) so that the branch torch.where drops stays finite and
+    its gradient (multiplied by 0) never turns into NaN. Shared by the value and the slope."""
     knot = _KNOT[kind]
-    low = t.clamp(max=knot)
+    return t >= knot, t.clamp(max=knot)
+
+
+def _value(t: Tensor, above: Tensor, low: Tensor, kind: str) -> Tensor:
+    if kind == "quadratic_logarithmic":
+        barrier = -0.25 * torch.log(-2.0 * low) - 0.375
+    else:
+        barrier = (32.0 / 27.0) / (1.0 - low) - 7.0 / 6.0
+    return torch.where(above, t + 0.5 * t * t, barrier)
+
+
+def _slope(t: Tensor, above: Tensor, low: Tensor, kind: str) -> Tensor:
     if kind == "quadratic_logarithmic":
         barrier = -0.25 / low
     else:
         barrier = (32.0 / 27.0) / (1.0 - low).square()
-    return torch.where(t >= knot, 1.0 + t, barrier)
+    return torch.where(above, 1.0 + t, barrier)
 
 
 class _PenaltyBarrierTerm(torch.autograd.Function):
@@ -62,8 +72,9 @@ class _PenaltyBarrierTerm(torch.autograd.Function):
     def forward(ctx: Any, c: Tensor, duals: Tensor, penalty: Tensor, kind: str) -> Tensor:
         t = c / penalty
         ctx.c_shape = c.shape
-        ctx.save_for_backward(duals * penalty_barrier_derivative(t, kind))
-        return torch.dot(duals * penalty, penalty_barrier(t, kind))
+        above, low = _split(t, kind)
+        ctx.save_for_backward(duals * _slope(t, above, low, kind))
+        return torch.dot(duals * penalty, _value(t, above, low, kind))
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -234,20 +245,26 @@ class PBM(DualOptimizer):
         kind, lr = group["pbf"], group["lr"]
         gamma = annealed(1.0 - lr, epoch) if group["anneal_dual"] and lr > 0 else 1.0 - lr
         ratio = c / penalty  # with the penalties before this step's update
-        grown = penalty_barrier_derivative(ratio, kind).mul_(duals)  # before duals change
+        rule = group["penalty_update"]
+        if rule == "dimin_adapt":
+            # phi'(c / p) and phi'(c) in one pass over both.
+            m = ratio.shape[0]
+            both = penalty_barrier_derivative(torch.cat([ratio, c.reshape(-1)]), kind)
+            grown, d = both[:m].mul_(duals), both[m:]  # grown: before duals change
+        else:
+            grown = penalty_barrier_derivative(ratio, kind).mul_(duals)
         duals.mul_(gamma).add_(grown, alpha=1.0 - gamma)
         self._clamp(group, duals)
         k = group["penalty_mult"]
         if group["anneal_penalty"]:
             k = annealed(k, epoch)
-        rule = group["penalty_update"]
         if rule == "dimin":
             penalty.mul_(k)
         elif rule == "dimin_dual":
             penalty.mul_(k).mul_(duals)
         elif rule == "dimin_adapt":
-            d = penalty_barrier_derivative(c, kind)
-            d = torch.where(d < 1.0, d, group["delta"] * d)
+            if group["delta"] != 1.0:  # delta = 1 leaves d as it is
+                d = torch.where(d < 1.0, d, group["delta"] * d)
             pull = penalty.mul(1.0 - k) / (d + 1e-8)  # from the penalties before this update
             penalty.mul_(k).add_(pull)
         elif rule == "aimd":

@@ -113,28 +113,42 @@ class SSG(DualOptimizer):
         """The group's worst excess and its signed, weighted unit vector; with several groups
         they are kept until the last group, where the switch is decided (the base class
         steps the groups in order within one call, so nothing of it outlives the call)."""
-        c = c.reshape(-1)
-        excess = (c if group["is_ineq"] else c.abs()) - group["tol"]
+        if c.dim() != 1:
+            c = c.reshape(-1)
+        tol = group["tol"]
+        excess = c if group["is_ineq"] else c.abs()
+        if tol != 0:  # c - 0 is c
+            excess = excess - tol
         if valid is not None:
             excess = torch.where(valid, excess, -torch.inf)
-        worst = excess.argmax()
+        duals = group["params"][0]
+        groups = self.param_groups
+        if len(groups) == 1 and group["m"] == 1:
+            # One constraint: it is the worst; lambda = on * lr (times c for an equality),
+            # the same products as below in fewer operations.
+            on = excess > 0
+            duals.copy_(on if group["is_ineq"] else c).mul_(group["lr"])
+            if not group["is_ineq"]:
+                duals.mul_(on)
+            state["on_constraints"].copy_(on.view(()))
+            return
+        top, worst = excess.max(0)  # the first maximum on ties, as argmax
+        worst = worst.view(1)
         if group["is_ineq"]:
             pull = torch.full((1,), group["lr"], dtype=c.dtype, device=c.device)
         else:
             # An equality descends 1/2 h^2 (gradient h grad h): the step shrinks with |h|,
             # so |h| settles below tol instead of bouncing across the manifold.
-            pull = (c[worst] * group["lr"]).view(1)
-        duals = group["params"][0]
-        groups = self.param_groups
+            pull = c.gather(0, worst) * group["lr"]
         if len(groups) == 1:
-            on = excess[worst] > 0
-            duals.zero_().index_put_((worst.view(1),), pull * on)
+            on = top > 0
+            duals.zero_().index_put_((worst,), pull * on)
             state["on_constraints"].copy_(on)
             return
-        duals.zero_().index_put_((worst.view(1),), pull)
+        duals.zero_().index_put_((worst,), pull)
         if group is groups[0]:
             self._excess = []
-        self._excess.append(excess[worst])
+        self._excess.append(top)
         if group is groups[-1]:
             excesses = torch.stack(self._excess)
             winner, on = excesses.argmax(), excesses.max() > 0
@@ -143,8 +157,7 @@ class SSG(DualOptimizer):
                 self.state[g["params"][0]]["on_constraints"].copy_(on)
             self._excess = []
 
-    def _lagrangian(self, loss: Tensor, parts: list[Tensor]) -> Tensor:
+    def _objective(self, loss: Tensor) -> Tensor:
         # (1 - sigma) f: the loss drops out of the step while a constraint is descended.
         on = self.state[self.param_groups[0]["params"][0]]["on_constraints"]
-        keep = torch.logical_not(on).to(loss.dtype)
-        return super()._lagrangian(loss * keep, parts)
+        return loss * torch.logical_not(on)  # a bool factor: 1 or 0 in the loss's dtype

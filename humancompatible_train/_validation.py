@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 __all__ = [
+    "Rule",
+    "boolean",
     "check_bool",
     "check_bounds",
     "check_choice",
@@ -30,7 +33,11 @@ __all__ = [
     "check_float_dtype",
     "check_int",
     "check_real",
+    "check_settings",
+    "choice",
     "fail",
+    "integer",
+    "real",
 ]
 
 
@@ -152,3 +159,45 @@ def check_bounds(name: str, value: Any, where: str = "") -> tuple[float, float]:
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise fail(name, what, value, where)
     return lo, hi
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one setting is checked: ``check(label or key, value, where=..., **options)``;
+    ``None`` passes unchecked when ``optional``. Tables of rules (``{key: Rule}``) state a
+    class's hyperparameters once; :func:`check_settings` applies them."""
+
+    check: Callable[..., Any]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    label: str | None = None
+    optional: bool = False
+
+
+def real(*, label: str | None = None, optional: bool = False, **options: Any) -> Rule:
+    """A :func:`check_real` rule (``low``, ``high``, ``low_open``, ``high_open``, ``finite``)."""
+    return Rule(check_real, options, label, optional)
+
+
+def integer(*, label: str | None = None, optional: bool = False, **options: Any) -> Rule:
+    """A :func:`check_int` rule (``minimum``, ``maximum``)."""
+    return Rule(check_int, options, label, optional)
+
+
+def choice(choices: Iterable[Any], *, label: str | None = None) -> Rule:
+    """A :func:`check_choice` rule."""
+    return Rule(check_choice, {"choices": tuple(choices)}, label)
+
+
+def boolean(*, label: str | None = None) -> Rule:
+    """A :func:`check_bool` rule."""
+    return Rule(check_bool, {}, label)
+
+
+def check_settings(values: Mapping[str, Any], rules: Mapping[str, Rule], where: str = "") -> None:
+    """Check ``values[key]`` by ``rules[key]`` for every key of ``rules``, in order; raise the
+    first failure's ValueError."""
+    for key, rule in rules.items():
+        value = values[key]
+        if value is None and rule.optional:
+            continue
+        rule.check(rule.label or key, value, where=where, **rule.options)

@@ -70,3 +70,39 @@ def test_choice_and_dtype_and_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"^device: device 'cuda' is not available here"):
             check_device("device", "cuda")
+
+
+def test_check_settings_applies_each_rule_in_order_with_labels_and_optional_values():
+    from humancompatible_train._validation import (
+        boolean,
+        check_settings,
+        choice,
+        integer,
+        real,
+    )
+
+    rules = {"a": real(low=0.0), "b": integer(minimum=1, optional=True),
+             "c": choice(("x", "y")), "d": boolean(label="flag")}
+    check_settings({"a": 0.5, "b": None, "c": "x", "d": True}, rules, "g: ")
+    with pytest.raises(ValueError, match=r"^g: b: expected a positive int, got 0$"):
+        check_settings({"a": 0.5, "b": 0, "c": "x", "d": True}, rules, "g: ")
+    with pytest.raises(ValueError, match=r"^flag: expected True or False, got 'no'$"):
+        check_settings({"a": 0.5, "b": 2, "c": "y", "d": "no"}, rules)
+    with pytest.raises(ValueError, match=r"^a: "):  # the first failing rule, in table order
+        check_settings({"a": -1.0, "b": 0, "c": "z", "d": 1}, rules)
+
+
+@pytest.mark.parametrize("name", ["ALM", "iALM", "nuPI", "AdaptiveDual", "PBM", "SSG"])
+def test_every_tabled_hyperparameter_is_rechecked_when_written_into_a_group(name):
+    """Each dual optimizer's table: a value written into the param group after construction
+    (as a scheduler does) is refused at the next step, naming the hyperparameter."""
+    import humancompatible_train.dual_optim as dual_optim
+
+    cls = getattr(dual_optim, name)
+    for key, rule in cls._HYPERPARAMETERS.items():
+        dual = cls(1)
+        duals = dual.duals
+        dual.param_groups[0][key] = "bad"
+        with pytest.raises(ValueError, match=rf"{rule.label or key}: expected .*got 'bad'"):
+            dual.step(torch.tensor([0.5]))
+        assert torch.equal(dual.duals, duals) and dual.state_dict()["state"][0]["step"] == 0

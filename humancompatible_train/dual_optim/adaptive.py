@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validation import check_real
+from .._validation import real
 from .base import DualOptimizer
 from .nupi import nuPI, nupi_step
 
@@ -95,6 +95,10 @@ class AdaptiveDual(nuPI):
         lagrangian = dual.forward_update(loss, rows)      # rows <= 0 wanted
     """
 
+    _HYPERPARAMETERS = {**nuPI._HYPERPARAMETERS,
+                        "beta": real(low=0.0, high=1.0, high_open=True),
+                        "clip": real(low=0.0, low_open=True), "offset": real()}
+
     def __init__(
         self,
         m: int | None = None,
@@ -129,13 +133,6 @@ class AdaptiveDual(nuPI):
             process_group=process_group,
             check_finite=check_finite,
         )
-
-    def _validate_group(self, group: dict[str, Any], where: str) -> None:
-        super()._validate_group(group, where)
-        prefix = f"{where}: "
-        check_real("beta", group["beta"], low=0.0, high=1.0, high_open=True, where=prefix)
-        check_real("clip", group["clip"], low=0.0, low_open=True, where=prefix)
-        check_real("offset", group["offset"], where=prefix)
 
     def _init_state(self, group: dict[str, Any]) -> dict[str, Any]:
         state = super()._init_state(group)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validation import check_bool, check_choice, check_real, fail
+from .._validation import boolean, choice, fail, real
 from .base import DualOptimizer, linear_term
 
 __all__ = ["ALM"]
@@ -82,6 +82,13 @@ class ALM(DualOptimizer):
 
     _ALIASES = {"momentum": "dual_momentum"}
 
+    _HYPERPARAMETERS = {**DualOptimizer._HYPERPARAMETERS, "penalty": real(low=0.0),
+                        "augmentation": choice(_AUGMENTATIONS),
+                        "dual_momentum": real(label="momentum", low=0.0, high=1.0,
+                                              high_open=True),
+                        "dampening": real(optional=True, low=0.0, high=1.0),
+                        "restart": boolean()}
+
     def __init__(
         self,
         m: int | None = None,
@@ -125,16 +132,11 @@ class ALM(DualOptimizer):
     def _validate_group(self, group: dict[str, Any], where: str) -> None:
         super()._validate_group(group, where)
         at = f"{where}: "
-        penalty = check_real("penalty", group["penalty"], low=0.0, where=at)
-        aug = check_choice("augmentation", group["augmentation"], _AUGMENTATIONS, where=at)
-        if aug is not None and penalty == 0:
+        aug = group["augmentation"]
+        if aug is not None and group["penalty"] == 0:
             raise fail("penalty", f"a number > 0 with augmentation={aug!r} "
                        "(augmentation=None gives the plain Lagrangian)", group["penalty"], at)
-        check_real("momentum", group["dual_momentum"], low=0.0, high=1.0, high_open=True,
-                   where=at)
-        if group["dampening"] is not None:
-            check_real("dampening", group["dampening"], low=0.0, high=1.0, where=at)
-        if check_bool("restart", group["restart"], at) and not group["is_ineq"]:
+        if group["restart"] and not group["is_ineq"]:
             raise ValueError(
                 f"{at}restart: expected False for an equality group (restart=True zeroes "
                 "multipliers of satisfied inequality constraints and needs is_ineq=True), "

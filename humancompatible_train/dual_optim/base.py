@@ -42,12 +42,14 @@ from torch import Tensor
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from .._validation import (
+    Rule,
     check_bool,
     check_device,
     check_float_dtype,
     check_int,
-    check_real,
+    check_settings,
     fail,
+    real,
 )
 from . import _checkpoint, _distributed, _hooks, _inputs, indexed
 from .indexed import IndicesLike
@@ -118,6 +120,10 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     #: Whether ``forward_update`` may take its one-pass route for one group given one tensor;
     #: off automatically for a subclass that overrides a method of the general path.
     _fast_path = True
+    #: How each hyperparameter is checked (:meth:`_validate_group`); a subclass extends the
+    #: table of its parent (``{**Parent._HYPERPARAMETERS, ...}``) and overrides
+    #: :meth:`_validate_group` only for rules that relate several values.
+    _HYPERPARAMETERS: dict[str, Rule] = {"lr": real(low=0.0)}
     #: Other names accepted by ``add_constraint_group`` for a hyperparameter key.
     _ALIASES: dict[str, str] = {}
     #: Whether the class overrides :meth:`_prepare_step` (the fast path skips the no-op call).
@@ -446,7 +452,7 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         follow ``f"{where}: {name}: expected {what}, got {value!r}"``
         (``humancompatible_train._validation``).
         """
-        check_real("lr", group["lr"], low=0.0, where=f"{where}: ")
+        check_settings(group, self._HYPERPARAMETERS, f"{where}: ")
 
     def _init_state(self, group: dict[str, Any]) -> dict[str, Any]:
         """Fresh per-group state (buffers, counters) on the multipliers' device: every buffer

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validation import check_choice, check_int, check_real, fail
+from .._validation import choice, fail, integer, real
 from .alm import ALM
 from .base import DualOptimizer
 
@@ -73,6 +73,11 @@ class iALM(DualOptimizer):  # noqa: N801 -- the method's name, as users of the p
     humancompatible-train's iALM).
     """
 
+    _HYPERPARAMETERS = {**DualOptimizer._HYPERPARAMETERS, "sigma": real(low=1.0),
+                        "gamma": real(low=0.0, low_open=True, finite=False),
+                        "beta_max": real(low=0.0, low_open=True, finite=False),
+                        "inner_steps": integer(minimum=1), "augmentation": choice(_AUGMENTATIONS)}
+
     def __init__(
         self,
         m: int | None = None,
@@ -97,17 +102,6 @@ class iALM(DualOptimizer):  # noqa: N801 -- the method's name, as users of the p
         super().__init__(m, defaults, init_duals=init_duals, is_ineq=is_ineq,
                          dual_range=dual_range, name=name, device=device, dtype=dtype,
                          process_group=process_group, check_finite=check_finite)
-
-    def _validate_group(self, group: dict[str, Any], where: str) -> None:
-        super()._validate_group(group, where)
-        where = f"{where}: "
-        check_real("lr", group["lr"], low=0.0, where=where)
-        check_real("sigma", group["sigma"], low=1.0, where=where)
-        check_real("gamma", group["gamma"], low=0.0, low_open=True, finite=False, where=where)
-        check_real("beta_max", group["beta_max"], low=0.0, low_open=True, finite=False,
-                   where=where)
-        check_int("inner_steps", group["inner_steps"], minimum=1, where=where)
-        check_choice("augmentation", group["augmentation"], _AUGMENTATIONS, where=where)
 
     def _init_state(self, group: dict[str, Any]) -> dict[str, Any]:
         return {"step": 0, "outer": 0}

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validation import check_real
+from .._validation import real
 from .base import DualOptimizer
 
 __all__ = ["nuPI"]
@@ -83,6 +83,9 @@ class nuPI(DualOptimizer):  # noqa: N801 - the name Cooper and humancompatible-t
     ICML 2024 (arXiv 2406.04558).
     """
 
+    _HYPERPARAMETERS = {**DualOptimizer._HYPERPARAMETERS, "kappa_p": real(low=0.0),
+                        "kappa_i": real(low=0.0), "nu": real(low=0.0, high=1.0, high_open=True)}
+
     def __init__(
         self,
         m: int | None = None,
@@ -112,13 +115,6 @@ class nuPI(DualOptimizer):  # noqa: N801 - the name Cooper and humancompatible-t
             process_group=process_group,
             check_finite=check_finite,
         )
-
-    def _validate_group(self, group: dict[str, Any], where: str) -> None:
-        super()._validate_group(group, where)
-        prefix = f"{where}: "
-        check_real("kappa_p", group["kappa_p"], low=0.0, where=prefix)
-        check_real("kappa_i", group["kappa_i"], low=0.0, where=prefix)
-        check_real("nu", group["nu"], low=0.0, high=1.0, high_open=True, where=prefix)
 
     def _init_state(self, group: dict[str, Any]) -> dict[str, Any]:
         m = group["m"]

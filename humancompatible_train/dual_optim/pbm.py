@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validation import check_bool, check_choice, check_int, check_real, fail
+from .._validation import boolean, check_real, choice, fail, integer, real
 from .base import DualOptimizer
 
 __all__ = ["PBM", "penalty_barrier", "penalty_barrier_derivative"]
@@ -154,6 +154,15 @@ class PBM(DualOptimizer):
     fairness-constrained training of deep neural networks", arXiv 2507.04033, 2025.
     """
 
+    _HYPERPARAMETERS = {**DualOptimizer._HYPERPARAMETERS, "lr": real(low=0.0, high=1.0),
+                        "pbf": choice(PENALTY_BARRIERS),
+                        "penalty_update": choice(PENALTY_UPDATES),
+                        "penalty_mult": real(low=0.0, high=1.0, low_open=True),
+                        "delta": real(low=0.0, low_open=True),
+                        "rho": real(low=0.0, low_open=True), "aimd_increase": real(low=0.0),
+                        "anneal_dual": boolean(), "anneal_penalty": boolean(),
+                        "epoch_length": integer(optional=True, minimum=1)}
+
     def __init__(
         self,
         m: int | None = None,
@@ -189,19 +198,11 @@ class PBM(DualOptimizer):
                          process_group=process_group, check_finite=check_finite)
 
     def _validate_group(self, group: dict[str, Any], where: str) -> None:
-        super()._validate_group(group, where)
         w = f"{where}: "
         if group["is_ineq"] is not True:
             raise fail("is_ineq", "True (PBM handles c <= 0; write h = 0 as |h| - eps <= 0)",
                        group["is_ineq"], w)
-        check_real("lr", group["lr"], low=0.0, high=1.0, where=w)
-        check_choice("pbf", group["pbf"], PENALTY_BARRIERS, where=w)
-        check_choice("penalty_update", group["penalty_update"], PENALTY_UPDATES, where=w)
-        check_real("penalty_mult", group["penalty_mult"], low=0.0, high=1.0, low_open=True,
-                   where=w)
-        check_real("delta", group["delta"], low=0.0, low_open=True, where=w)
-        check_real("rho", group["rho"], low=0.0, low_open=True, where=w)
-        check_real("aimd_increase", group["aimd_increase"], low=0.0, where=w)
+        super()._validate_group(group, where)
         rng = group["penalty_range"]
         if not (isinstance(rng, (tuple, list)) and len(rng) == 2):
             raise fail("penalty_range", "a pair (low, high) with 0 < low <= high", rng, w)
@@ -209,10 +210,6 @@ class PBM(DualOptimizer):
         check_real("penalty_range[1]", rng[1], low=lo, where=w)
         if group["init_penalty"] is not None:
             check_real("init_penalty", group["init_penalty"], low=rng[0], high=rng[1], where=w)
-        check_bool("anneal_dual", group["anneal_dual"], where=w)
-        check_bool("anneal_penalty", group["anneal_penalty"], where=w)
-        if group["epoch_length"] is not None:
-            check_int("epoch_length", group["epoch_length"], minimum=1, where=w)
 
     def _init_state(self, group: dict[str, Any]) -> dict[str, Any]:
         p0 = group["penalty_range"][1] if group["init_penalty"] is None else group["init_penalty"]

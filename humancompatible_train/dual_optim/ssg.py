@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validation import check_real, fail
+from .._validation import fail, real
 from .base import DualOptimizer
 
 __all__ = ["SSG"]
@@ -66,6 +66,8 @@ class SSG(DualOptimizer):
     (arXiv 2301.13314).
     """
 
+    _HYPERPARAMETERS = {**DualOptimizer._HYPERPARAMETERS, "tol": real()}
+
     def __init__(
         self,
         m: int | None = None,
@@ -81,11 +83,6 @@ class SSG(DualOptimizer):
     ) -> None:
         super().__init__(m, dict(lr=lr, tol=tol), is_ineq=is_ineq, name=name, device=device,
                          dtype=dtype, process_group=process_group, check_finite=check_finite)
-
-    def _validate_group(self, group: dict[str, Any], where: str) -> None:
-        super()._validate_group(group, where)
-        check_real("lr", group["lr"], low=0.0, where=f"{where}: ")
-        check_real("tol", group["tol"], where=f"{where}: ")
 
     def _init_state(self, group: dict[str, Any]) -> dict[str, Any]:
         return {"step": 0,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import numbers
 import pickle
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +30,8 @@ from ._inputs import describe_values, mismatch
 if TYPE_CHECKING:
     from .base import DualOptimizer
 
-__all__ = ["CALLABLE_MARKER", "HOOK_DICTS", "STRUCTURAL_KEYS", "apply", "build",
-           "deepcopy_state", "getstate", "plan"]
+__all__ = ["CALLABLE_MARKER", "HOOK_DICTS", "STRUCTURAL_KEYS", "Checkpointing", "apply",
+           "build", "deepcopy_state", "getstate", "plan"]
 
 # Keys of a param group that describe the group rather than tune the algorithm.
 STRUCTURAL_KEYS = ("params", "name", "m")
@@ -259,3 +260,75 @@ def deepcopy_state(opt: DualOptimizer, memo: dict[int, Any]) -> dict[str, Any]:
     if group is not None:
         memo[id(group)] = group
     return copy.deepcopy({k: v for k, v in opt.__dict__.items() if k not in HOOK_DICTS}, memo)
+
+
+class Checkpointing:
+    """Mixin of :class:`~humancompatible_train.dual_optim.base.DualOptimizer`:
+    ``state_dict``/``load_state_dict`` with torch's state-dict hooks, copy and pickle."""
+
+    param_groups: list[dict[str, Any]]
+    _validated: list[tuple[Any, ...] | None]
+    _flags: dict[str, Any]
+    _snapshot: Any
+    _patch_step_function: Any
+    _optimizer_state_dict_pre_hooks: Any
+    _optimizer_state_dict_post_hooks: Any
+    _optimizer_load_state_dict_pre_hooks: Any
+    _optimizer_load_state_dict_post_hooks: Any
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: multipliers, buffers, counters, hyperparameters, and
+        the algorithm's name (``"algorithm"``), which ``load_state_dict`` checks.
+
+        The returned tensors are copies, so a saved dict does not change with later steps. It
+        loads with ``torch.load(weights_only=True)``. State-dict hooks run as in torch.
+        """
+        for pre in self._optimizer_state_dict_pre_hooks.values():
+            pre(self)
+        state_dict = build(self)
+        for post in self._optimizer_state_dict_post_hooks.values():
+            result = post(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore multipliers, buffers, counters and hyperparameters.
+
+        Everything is checked before anything changes: the keys, the algorithm (a dict of
+        another class is refused), the groups' names and sizes, the multipliers (count, shape,
+        a real dtype, finite, inside each group's range), the hyperparameters (the same checks
+        as at construction) and each group's state against a fresh one (keys, shapes, kinds of
+        dtype, finite buffers, counters >= 0). Multipliers may be given as lists of numbers.
+        Float state takes the multipliers' dtype; bool and integer state keep theirs.
+        """
+        for pre in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre(self, state_dict)
+            if result is not None:
+                state_dict = result
+        planned = plan(self, state_dict)
+        apply(self, planned)
+        self._validated = [self._snapshot(g) for g in self.param_groups]
+        self._flags["checked_group"] = None
+        for post in self._optimizer_load_state_dict_post_hooks.values():
+            post(self)
+
+    # ------------------------------------------------------- copy and pickle
+    def __getstate__(self) -> dict[str, Any]:
+        return getstate(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # torch.optim.Optimizer.__setstate__ would add a "differentiable" default, which is
+        # not a hyperparameter of a dual optimizer.
+        self.__dict__.update(state)
+        for key in HOOK_DICTS:
+            self.__dict__.setdefault(key, OrderedDict())
+        self._validated = [None] * len(self.param_groups)
+        self._flags["checked_group"] = None
+        self._patch_step_function()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Checkpointing:
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(deepcopy_state(self, memo))
+        return new

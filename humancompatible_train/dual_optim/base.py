@@ -25,6 +25,10 @@ run at construction, whenever a param group's values change, and in ``load_state
 :meth:`~DualOptimizer._prepare_step` (checks that depend on the state, before any group
 changes), :meth:`~DualOptimizer._masked_dual_step` / :meth:`~DualOptimizer._per_constraint_tensors`
 (``check_finite=False``) and :meth:`~DualOptimizer._zero_step_is_identity`.
+
+Two mechanisms live in their own modules as mixins of :class:`DualOptimizer`: the re-check of
+changed hyperparameters (:mod:`._revalidation`) and checkpoints, copies and pickling
+(:mod:`._checkpoint`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ import abc
 import logging
 import math
 import operator
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -51,14 +54,10 @@ from .._validation import (
     fail,
     real,
 )
-from . import _checkpoint, _distributed, _hooks, _inputs, indexed
+from . import _distributed, _hooks, _inputs, indexed
+from ._checkpoint import Checkpointing
+from ._revalidation import Revalidation
 from .indexed import IndicesLike
-
-try:
-    from torch.compiler import is_compiling as _is_compiling
-except ImportError:  # torch < 2.3: no compiler to skip the re-check for
-    def _is_compiling() -> bool:
-        return False
 
 __all__ = ["DualOptimizer", "ConstraintsLike"]
 
@@ -82,7 +81,8 @@ def linear_term(duals: Tensor, c: Tensor) -> Tensor:
     return torch.dot(duals, c)
 
 
-class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
+class DualOptimizer(Checkpointing, Revalidation, torch.optim.Optimizer,
+                    metaclass=abc.ABCMeta):
     r"""Base class of the dual optimizers: holds multipliers as ``param_groups``.
 
     Args:
@@ -247,15 +247,6 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             f"{type(self).__name__} holds multipliers, not model parameters: use "
             "add_constraint_group(m, name=..., **hyperparameters)"
         )
-
-    def _normalized(self, group: dict[str, Any], where: str) -> dict[str, Any]:
-        """A copy of ``group`` with ``is_ineq`` and ``dual_range`` in canonical form, after
-        :meth:`_validate_group` accepted it; raises a ValueError otherwise."""
-        group = dict(group)
-        group["is_ineq"] = check_bool("is_ineq", group["is_ineq"], f"{where}: ")
-        group["dual_range"] = _inputs.as_range(group["dual_range"], group["is_ineq"], where)
-        self._validate_group(group, where)
-        return group
 
     def _initial_duals(self, init_duals: Any, m: int, where: str, group: dict[str, Any]
                        ) -> Tensor:
@@ -533,48 +524,6 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         return duals.clamp_(min=lo, max=hi)
 
     # ------------------------------------------------------------ internals
-    def _check_hyperparameters(self) -> None:
-        """Re-validate the groups whose hyperparameters changed since they were validated.
-
-        Identity of the values is compared (no host read, well under a microsecond a group),
-        so a scheduler's new ``lr`` is checked once, at the first step that uses it. Inside a
-        function compiled with ``torch.compile`` the re-check is skipped: the compiler turns a
-        scheduler's float into a graph input that Python cannot inspect while tracing (the
-        next eager call checks it).
-        """
-        if _is_compiling():
-            return
-        for i, (group, seen) in enumerate(zip(self.param_groups, self._validated)):
-            if not self._unchanged(group, seen):
-                self._revalidate(i)
-
-    @staticmethod
-    def _snapshot(group: dict[str, Any]) -> tuple[Any, ...]:
-        # Every value of the group, in order: a key added or removed changes the length.
-        return tuple(group.values())
-
-    @staticmethod
-    def _unchanged(group: dict[str, Any], seen: tuple[Any, ...] | None) -> bool:
-        # Identity, element by element, in one pass of builtins that run in C and that
-        # torch.compile traces (an operator.itemgetter would break its graph).
-        return seen is not None and len(seen) == len(group) and all(
-            map(operator.is_, group.values(), seen))
-
-    def _revalidate(self, i: int) -> None:
-        group = self.param_groups[i]
-        where = f"constraint group {group['name']!r}"
-        missing = [k for k in self._keys if k not in group]
-        if missing:
-            raise ValueError(f"{where}: expected the hyperparameters {list(self._keys)} in "
-                             f"its param group, got none for {missing}")
-        try:
-            checked = self._normalized(group, where)
-        except ValueError as exc:
-            raise ValueError(f"{exc} (a value written into the param group after it was "
-                             "checked, e.g. by a learning-rate scheduler)") from None
-        group["is_ineq"], group["dual_range"] = checked["is_ineq"], checked["dual_range"]
-        self._validated[i] = self._snapshot(group)
-
     def _lagrangian(self, loss: Tensor, parts: list[Tensor]) -> Tensor:
         lagrangian = self._objective(loss) if self._weighs_loss else loss
         for group, c in zip(self.param_groups, parts):
@@ -631,61 +580,3 @@ class DualOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         """Constraint input in any accepted layout -> one tensor per group (1-D, or 0-d for a
         one-constraint group given as a scalar)."""
         return _inputs.split(self.param_groups, constraints, arg, type(self).__name__)
-
-    # --------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: multipliers, buffers, counters, hyperparameters, and
-        the algorithm's name (``"algorithm"``), which ``load_state_dict`` checks.
-
-        The returned tensors are copies, so a saved dict does not change with later steps. It
-        loads with ``torch.load(weights_only=True)``. State-dict hooks run as in torch.
-        """
-        for pre in self._optimizer_state_dict_pre_hooks.values():
-            pre(self)
-        state_dict = _checkpoint.build(self)
-        for post in self._optimizer_state_dict_post_hooks.values():
-            result = post(self, state_dict)
-            if result is not None:
-                state_dict = result
-        return state_dict
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore multipliers, buffers, counters and hyperparameters.
-
-        Everything is checked before anything changes: the keys, the algorithm (a dict of
-        another class is refused), the groups' names and sizes, the multipliers (count, shape,
-        a real dtype, finite, inside each group's range), the hyperparameters (the same checks
-        as at construction) and each group's state against a fresh one (keys, shapes, kinds of
-        dtype, finite buffers, counters >= 0). Multipliers may be given as lists of numbers.
-        Float state takes the multipliers' dtype; bool and integer state keep theirs.
-        """
-        for pre in self._optimizer_load_state_dict_pre_hooks.values():
-            result = pre(self, state_dict)
-            if result is not None:
-                state_dict = result
-        planned = _checkpoint.plan(self, state_dict)
-        _checkpoint.apply(self, planned)
-        self._validated = [self._snapshot(g) for g in self.param_groups]
-        self._flags["checked_group"] = None
-        for post in self._optimizer_load_state_dict_post_hooks.values():
-            post(self)
-
-    # ------------------------------------------------------- copy and pickle
-    def __getstate__(self) -> dict[str, Any]:
-        return _checkpoint.getstate(self)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # torch.optim.Optimizer.__setstate__ would add a "differentiable" default, which is
-        # not a hyperparameter of a dual optimizer.
-        self.__dict__.update(state)
-        for key in _checkpoint.HOOK_DICTS:
-            self.__dict__.setdefault(key, OrderedDict())
-        self._validated = [None] * len(self.param_groups)
-        self._flags["checked_group"] = None
-        self._patch_step_function()
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> DualOptimizer:
-        new = type(self).__new__(type(self))
-        memo[id(self)] = new
-        new.__setstate__(_checkpoint.deepcopy_state(self, memo))
-        return new

@@ -36,6 +36,12 @@ def test_overhead_runs_both_settings_and_prints_ratios():
             assert float(to_plain) == 1.0
         if name == "fixed penalty (no dual)":
             assert float(to_penalty) == 1.0
+    # Then each algorithm against its reference step of the same run.
+    against = re.findall(r"^    (\S.*?)\s+/ (\S.*?)\s+([\d.]+)x", out, flags=re.MULTILINE)
+    pairs = {(a.strip(), b.strip()) for a, b, _ in against}
+    assert {("ours PBM", "ours ALM"), ("ours SSG", "ours ALM"), ("ours Moreau(ALM)", "ours ALM"),
+            ("ours iALM", "ours ALM (quadratic)"),
+            ("ALM + FairnessConstraint", "ALM + hand-written PR gap")} <= pairs
 
 
 def test_fairness_tradeoff_runs_a_slice_and_resumes(tmp_path):

@@ -348,11 +348,11 @@ def main() -> None:
             # from this run (iALM's Lagrangian is augmented: its reference is ALM's).
             print("  per step, against the reference measured in this run:")
             for ours_, ref in AGAINST:
-                print(f"    {ours_:34s} / {ref:24s} {med[ours_] / med[ref]:6.3f}x")
+                print(f"    {ours_:34s} / {ref:36s} {med[ours_] / med[ref]:6.3f}x")
             if FAIR_OURS in med:
-                print(f"    {FAIR_OURS:34s} / {FAIR_HAND:24s} "
+                print(f"    {FAIR_OURS:34s} / {FAIR_HAND:36s} "
                       f"{med[FAIR_OURS] / med[FAIR_HAND]:6.3f}x")
-            print(f"    {'plain (second copy)':34s} / {'plain':24s} "
+            print(f"    {'plain (second copy)':34s} / {'plain':36s} "
                   f"{med['plain (second copy)'] / base:6.3f}x  (this run's noise floor)")
 
 

@@ -133,13 +133,13 @@ class TwoGroupFastPath:
             rows = (coef / (n_g if coef.dim() == 1 else n_g.unsqueeze(1)))[member]
         else:
             rows = member @ (coef / (counts if coef.dim() == 1 else counts.unsqueeze(1)))
-        column = self.mode == "abs_diff" and pred.dim() == 2
-        p = self._probabilities(pred, finite, flat=not column)
+        p = self._probabilities(pred, finite)
+        # dot and mv: the cheapest products forward and backward (matmul of a vector and a
+        # matrix adds reshapes on both passes).
         if self.mode == "abs_diff":
-            # (N,) @ (N, 1) and (1, N) @ (N,) are both the (1,) row.
-            values = (rows @ p if column else rows.view(1, n) @ p).abs()
+            values = torch.dot(rows, p).abs().view(1)
         else:
-            values = p @ rows
+            values = torch.mv(rows.t(), p)
         a, b, c, _ = self._fast
         return ConstraintValues(values - self.eps, (_no_rows, (self.m, device)), self._names,
                                 self.name, self.eps, (_fast_statistics, (a, b, c, member, p)),

@@ -246,7 +246,8 @@ class PBM(DualOptimizer):
         if rule == "dimin_adapt":
             # phi'(c / p) and phi'(c) in one pass over both.
             m = ratio.shape[0]
-            both = penalty_barrier_derivative(torch.cat([ratio, c.reshape(-1)]), kind)
+            both = penalty_barrier_derivative(
+                torch.cat([ratio, c if c.dim() == 1 else c.reshape(-1)]), kind)
             grown, d = both[:m].mul_(duals), both[m:]  # grown: before duals change
         else:
             grown = penalty_barrier_derivative(ratio, kind).mul_(duals)
@@ -262,8 +263,9 @@ class PBM(DualOptimizer):
         elif rule == "dimin_adapt":
             if group["delta"] != 1.0:  # delta = 1 leaves d as it is
                 d = torch.where(d < 1.0, d, group["delta"] * d)
-            pull = penalty.mul(1.0 - k) / (d + 1e-8)  # from the penalties before this update
-            penalty.mul_(k).add_(pull)
+            # k p + (1 - k) p / (d + 1e-8), all from the penalties before this update, in one
+            # addcdiv (the same roundings as the three separate operations).
+            torch.addcdiv(penalty * k, penalty * (1.0 - k), d + 1e-8, out=penalty)
         elif rule == "aimd":
             penalty.add_((ratio <= 0).to(penalty.dtype), alpha=group["aimd_increase"])
             penalty.copy_(torch.where(ratio > 0, penalty * k, penalty))

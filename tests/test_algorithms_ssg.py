@@ -60,6 +60,20 @@ def test_one_constraint_by_hand(is_ineq, check_finite):
             assert c.grad.reshape(-1).tolist() == [pytest.approx(lam)]
 
 
+def test_one_group_of_inequalities_first_worst_on_ties_by_hand():
+    dual = SSG(4, lr=0.5, tol=0.1)
+    loss = torch.tensor(2.0, requires_grad=True)
+    c = torch.tensor([0.3, 0.7, 0.7, -1.0], requires_grad=True)
+    dual.forward_update(loss, c).backward()  # excess (0.2, 0.6, 0.6, -1.1): the first 0.6
+    assert dual.duals.tolist() == [0.0, 0.5, 0.0, 0.0] and bool(dual.on_constraints)
+    assert loss.grad.item() == 0.0 and c.grad.tolist() == [0.0, 0.5, 0.0, 0.0]
+    dual.step(torch.tensor([0.1, 0.05, -2.0, 0.1]))  # max excess 0: the loss
+    assert dual.duals.tolist() == [0.0] * 4 and not bool(dual.on_constraints)
+    masked = SSG(3, lr=0.5, tol=0.0, check_finite=False)
+    masked.step(torch.tensor([float("nan"), 0.2, 0.4]))
+    assert masked.duals.tolist() == [0.0, 0.0, 0.5]
+
+
 def test_worst_excess_over_groups_with_equalities_and_own_tolerances():
     dual = SSG(1, tol=0.0, name="a")
     dual.add_constraint_group(2, name="b", is_ineq=False, tol=0.5, lr=3.0)

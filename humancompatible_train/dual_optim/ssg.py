@@ -130,6 +130,12 @@ class SSG(DualOptimizer):
             state["on_constraints"].copy_(on.view(()))
             return
         top, worst = excess.max(0)  # the first maximum on ties, as argmax
+        if len(groups) == 1 and group["is_ineq"]:
+            # lr at the worst constraint, times the switch: lr * 1 or 0, as below.
+            on = top > 0
+            duals.zero_().index_fill_(0, worst, group["lr"]).mul_(on)
+            state["on_constraints"].copy_(on)
+            return
         worst = worst.view(1)
         if group["is_ineq"]:
             pull = torch.full((1,), group["lr"], dtype=c.dtype, device=c.device)

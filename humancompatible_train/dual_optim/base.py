@@ -20,7 +20,9 @@ schedulers and ``state_dict`` habits carry over unchanged.
 Subclasses state their update rule (:meth:`DualOptimizer._dual_step`) and, when it is not the
 plain :math:`\lambda^\top c`, their Lagrangian term (:meth:`DualOptimizer._lagrangian_term`).
 The other hooks, each with a default: :meth:`~DualOptimizer._validate_group` (hyperparameters;
-run at construction, whenever a param group's values change, and in ``load_state_dict``),
+run at construction, whenever a param group's values change, and in ``load_state_dict``;
+single values are checked by the class's ``_HYPERPARAMETERS`` table of rules),
+:meth:`~DualOptimizer._objective` (the loss's weight in the Lagrangian),
 :meth:`~DualOptimizer._init_state`, :meth:`~DualOptimizer._validate_state`,
 :meth:`~DualOptimizer._prepare_step` (checks that depend on the state, before any group
 changes), :meth:`~DualOptimizer._masked_dual_step` / :meth:`~DualOptimizer._per_constraint_tensors`

@@ -31,6 +31,7 @@ from .._projection import (
     pair_qp,
 )
 from .._projection.solver import _fixed_boxed
+from . import _device
 from ._checks import check_batch, check_values
 
 if TYPE_CHECKING:
@@ -46,6 +47,9 @@ _TOL = 1e-12
 def serve(fi: FairInference, scores: Tensor, groups: Tensor, labels: Tensor | None) -> Tensor:
     """Adjust one batch and update the serving state; returns the served scores, shaped and
     typed like ``scores``."""
+    if (isinstance(scores, Tensor) and scores.device.type != "cpu"
+            and scores.device == fi._flat.device and _device.supports(fi)):
+        return _device.serve(fi, scores, groups, labels)
     if (not fi._decision and isinstance(scores, Tensor) and scores.numel() == 1
             and isinstance(groups, Tensor) and groups.numel() == 1):
         return _serve_one(fi, scores, groups, labels)
@@ -292,7 +296,7 @@ def _serve_means(fi: FairInference, st: _HostState, z: Tensor, zd: Tensor, key: 
     shift = [b + x for b, x in zip(base, d)]
     bounds = fi.prediction_bounds
     # Rows in the scores' dtype (one rounding of the float64 shift).
-    shift_t = torch.from_numpy(np.array(shift, dtype=np.float64)).to(z.dtype)
+    shift_t = torch.from_numpy(np.array(shift, dtype=np.float64)).to(z.device, z.dtype)
     q = z + shift_t.index_select(0, key)
     if bounds is not None and not rows:
         lo, hi = torch.aminmax(q)

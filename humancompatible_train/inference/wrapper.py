@@ -112,6 +112,12 @@ class FairInference(torch.nn.Module):
         group_shares: the groups' shares :math:`\pi` in the population (per label class for
             ``"equalized_odds"``), e.g. from the training data. Default: the running shares
             of the stream. :meth:`calibrate` sets them.
+        check_finite: on an accelerator, with ``"mean_pred"`` or ``"equalized_odds"``, two
+            groups and no bounds, a call runs in tensor operations on the device (the wrapper
+            moved there with ``.to()``) and reads one flag back (finite scores, ids in range,
+            valid labels, finite sums) to raise before anything changes. ``False`` drops that
+            read: the call never waits for the device, and invalid rows are missing values
+            (served as NaN, counted nowhere). Other settings and CPU tensors always check.
 
     The multipliers of a *training* dual optimizer are not offsets of scores (they weigh a
     gap against the training loss), so they cannot warm-start this wrapper; use
@@ -133,6 +139,7 @@ class FairInference(torch.nn.Module):
         per_batch: bool = False,
         group_shares: Sequence[float] | Tensor | None = None,
         threshold: float = 0.5,
+        check_finite: bool = True,
     ) -> None:
         super().__init__()
         where = "FairInference: "
@@ -152,6 +159,7 @@ class FairInference(torch.nn.Module):
             pooled = "dual" if metric == "mean_residual" else "hard"
         self.pooled = check_choice("pooled", pooled, ("hard", "dual"), where)
         self.per_batch = check_bool("per_batch", per_batch, where)
+        self.check_finite = check_bool("check_finite", check_finite, where)
         self.prediction_bounds = check_bounds(prediction_bounds, metric, self.threshold, where)
         if protected_attr_idx is not None:
             protected_attr_idx = check_int("protected_attr_idx", protected_attr_idx,

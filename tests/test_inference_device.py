@@ -153,3 +153,37 @@ def test_cuda_call_does_not_synchronise(metric):
         outs.append(q.cpu())
         refs.append(ref(x, g, lab))
     torch.testing.assert_close(torch.cat(outs), torch.cat(refs), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------ FairProjection
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bounds", [None, (-1.0, 1.5)])
+def test_projection_serves_in_the_input_dtype(dtype, bounds):
+    from humancompatible_train.dual_optim import FairProjection
+
+    z, g, _ = stream(200, seed=4, dtype=dtype)
+    q, _ = FairProjection(2, EPS, bounds=bounds).project(z, g)
+    assert q.dtype == dtype and q.device == z.device and q.shape == z.shape
+    gap = (q[g == 1].double().mean() - q[g == 0].double().mean()).abs()
+    assert float(gap) <= EPS + (1e-6 if dtype == torch.float32 else 1e-9)
+    if bounds is not None:
+        assert float(q.min()) >= bounds[0] and float(q.max()) <= bounds[1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("bounds", [None, (-1.0, 1.5)])
+def test_cuda_projection_does_not_synchronise(bounds):
+    from humancompatible_train.dual_optim import FairProjection
+
+    z, g, _ = stream(64, seed=5, dtype=torch.float32)
+    ref, _ = FairProjection(2, EPS, bounds=bounds).project(z, g)
+    proj = FairProjection(2, EPS, bounds=bounds, check_finite=False)
+    zd, gd = z.cuda(), g.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        q, _ = proj.project(zd, gd)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert q.device.type == "cuda" and q.dtype == torch.float32
+    torch.testing.assert_close(q.cpu(), ref, rtol=1e-5, atol=1e-5)

@@ -81,3 +81,30 @@ def test_d8_an_out_folder_that_cannot_be_made_is_named_before_any_work(capsys, n
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("humancompatible-train: error: --out: cannot "
                                                "create the folder '/proc/x'")
+
+
+def test_extra_param_group_keys_must_survive_a_weights_only_reload():
+    """A scheduler's extra keys load with the group; an object that a weights-only
+    ``torch.load`` could not read back is refused, and nothing changes."""
+    import io
+
+    from humancompatible_train.dual_optim import ALM
+
+    dual = ALM(2, lr=0.1, is_ineq=True)
+    sd = dual.state_dict()
+    sd["param_groups"][0]["initial_lr"] = 0.1
+    fresh = ALM(2, lr=0.1, is_ineq=True)
+    fresh.load_state_dict(sd)
+    assert fresh.param_groups[0]["initial_lr"] == 0.1
+    buf = io.BytesIO()
+    torch.save(fresh.state_dict(), buf)
+    buf.seek(0)
+    torch.load(buf, weights_only=True)
+
+    sd["param_groups"][0]["bogus"] = object()
+    before = fresh.state_dict()
+    with pytest.raises(ValueError, match="bogus: expected a number"):
+        fresh.load_state_dict(sd)
+    after = fresh.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    assert all(torch.equal(a, b) for a, b in zip(fresh.duals, ALM(2, lr=0.1, is_ineq=True).duals))

@@ -181,25 +181,32 @@ def _make():
     return model, torch.optim.Adam(model.parameters(), lr=1e-2), nuPI(2, lr=0.5, is_ineq=True)
 
 
-def test_resume_is_bitwise_identical():
-    model, opt, dual = _make()
-    _train(model, opt, dual, range(40))
+def _resume_matches(make, first, second):
+    """Train ``first`` steps, checkpoint, train ``second``; a fresh copy loaded from the
+    checkpoint and trained ``second`` holds the same multipliers bit for bit."""
+    model, opt, dual = make()
+    _train(model, opt, dual, first)
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
                 "dual": dual.state_dict()}, buf)
-    _train(model, opt, dual, range(40, 80))
+    _train(model, opt, dual, second)
     buf.seek(0)
     ckpt = torch.load(buf, weights_only=True)
-    model2, opt2, dual2 = _make()
+    model2, opt2, dual2 = make()
     model2.load_state_dict(ckpt["model"])
     opt2.load_state_dict(ckpt["opt"])
     dual2.load_state_dict(ckpt["dual"])
-    state = dual2.state[dual2.param_groups[0]["params"][0]]
-    assert state["started"].dtype == torch.bool and state["xi"].dtype == torch.float32
-    _train(model2, opt2, dual2, range(40, 80))
+    _train(model2, opt2, dual2, second)
     assert torch.equal(dual.duals, dual2.duals)
     for a, b in zip(model.parameters(), model2.parameters()):
         assert torch.equal(a, b)
+    return dual2
+
+
+def test_resume_is_bitwise_identical():
+    dual2 = _resume_matches(_make, range(40), range(40, 80))
+    state = dual2.state[dual2.param_groups[0]["params"][0]]
+    assert state["started"].dtype == torch.bool and state["xi"].dtype == torch.float32
 
 
 # ------------------------------------------------------------------ errors
@@ -415,20 +422,7 @@ def test_adaptive_resume_is_bitwise_identical():
         return (model, torch.optim.Adam(model.parameters(), lr=1e-2),
                 AdaptiveDual(2, lr=0.05, kappa_p=1.0, is_ineq=True))
 
-    model, opt, dual = make()
-    _train(model, opt, dual, range(30))
-    buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                "dual": dual.state_dict()}, buf)
-    _train(model, opt, dual, range(30, 60))
-    buf.seek(0)
-    ckpt = torch.load(buf, weights_only=True)
-    model2, opt2, dual2 = make()
-    model2.load_state_dict(ckpt["model"])
-    opt2.load_state_dict(ckpt["opt"])
-    dual2.load_state_dict(ckpt["dual"])
-    _train(model2, opt2, dual2, range(30, 60))
-    assert torch.equal(dual.duals, dual2.duals)
+    _resume_matches(make, range(30), range(30, 60))
 
 
 @pytest.mark.parametrize("kwargs", [{"beta": 1.0}, {"clip": 0.0}, {"offset": float("inf")},

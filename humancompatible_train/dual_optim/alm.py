@@ -130,8 +130,8 @@ class ALM(DualOptimizer):
         if aug is not None and penalty == 0:
             raise fail("penalty", f"a number > 0 with augmentation={aug!r} "
                        "(augmentation=None gives the plain Lagrangian)", group["penalty"], at)
-        check_real("momentum", group["dual_momentum"], low=0.0, high=1.0, high_open=True,
-                   where=at)
+        check_real("momentum (group key 'dual_momentum')", group["dual_momentum"], low=0.0,
+                   high=1.0, high_open=True, where=at)
         if group["dampening"] is not None:
             check_real("dampening", group["dampening"], low=0.0, high=1.0, where=at)
         if check_bool("restart", group["restart"], at) and not group["is_ineq"]:

@@ -9,6 +9,8 @@ from hypothesis import given, settings
 
 from humancompatible_train.dual_optim import ALM, PBM, SSG, PrimalDual, iALM, nuPI
 
+MOMENTUM = r"momentum \(group key 'dual_momentum'\): expected a finite number in \[0.0, 1.0\)"
+
 
 def snapshot(dual):
     sd = dual.state_dict()
@@ -128,7 +130,7 @@ def test_proxy_values_drive_the_dual_and_constraints_the_lagrangian():
          r"augmentation: expected one of \(None, 'quadratic', 'hpr'\), got 'cubic'"),
         (lambda: ALM(1, augmentation="hpr"), r"penalty: expected a number > 0 with augmentation"),
         (lambda: ALM(1, restart=True), r"restart: expected False for an equality group"),
-        (lambda: ALM(1, momentum=1.0), r"momentum: expected a finite number in \[0.0, 1.0\)"),
+        (lambda: ALM(1, momentum=1.0), MOMENTUM),
         (lambda: ALM(1, dual_range=(1.0, 0.0)), r"dual_range: expected .* low <= high"),
         (lambda: PrimalDual(1, decay="cosine"),
          r"decay: expected one of \('sqrt', 'constant'\) or a callable"),

@@ -9,6 +9,8 @@ import torch
 
 from humancompatible_train.dual_optim import ALM, FairProjection, PrimalDual
 
+MOMENTUM = r"momentum \(group key 'dual_momentum'\): expected a finite number in \[0.0, 1.0\)"
+
 
 def batch(step):
     g = torch.Generator().manual_seed(1000 + step)
@@ -200,7 +202,7 @@ BAD_DICTS = [
     (lambda sd: _set(sd["param_groups"][0], "lr", -3.0),
      r"'fair': lr: expected a finite number >= 0.0, got -3.0"),
     (lambda sd: _set(sd["param_groups"][1], "dual_momentum", "x"),
-     r"'eq': momentum: expected a finite number in \[0.0, 1.0\), got 'x'"),
+     r"'eq': " + MOMENTUM + ", got 'x'"),
     (lambda sd: _set(sd["param_groups"][0], "is_ineq", "yes"), r"is_ineq: expected True or"),
     (lambda sd: sd["param_groups"][0].pop("penalty"), r"\(missing \['penalty'\]\)"),
     (lambda sd: _set(sd, "algorithm", "PrimalDual"),

@@ -11,6 +11,8 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from humancompatible_train.dual_optim import ALM, DualOptimizer, PrimalDual
 
+MOMENTUM = r"momentum \(group key 'dual_momentum'\): expected a finite number in \[0.0, 1.0\)"
+
 
 def frozen(dual):
     """Everything a step may change, as plain copies."""
@@ -37,7 +39,7 @@ def assert_same(a, b):
     (lambda: ALM(2, lr="0.1"), r"lr: expected a finite number >= 0.0, got '0.1'"),
     (lambda: PrimalDual(1, eta_0=math.inf), r"lr: expected a finite number >= 0.0, got inf"),
     (lambda: ALM(1, penalty=math.inf), r"penalty: expected a finite number >= 0.0, got inf"),
-    (lambda: ALM(1, momentum=math.nan), r"momentum: expected a finite number in \[0.0, 1.0\)"),
+    (lambda: ALM(1, momentum=math.nan), MOMENTUM),
     (lambda: ALM(1, dampening=2.0), r"dampening: expected a finite number in \[0.0, 1.0\]"),
     (lambda: ALM(1, is_ineq="False"), r"^is_ineq: expected True or False, got 'False'$"),
     (lambda: ALM(1, is_ineq=1), r"^is_ineq: expected True or False, got 1$"),
@@ -117,7 +119,7 @@ def test_scheduler_written_lr_is_checked_at_step_time():
     ("penalty", math.inf, r"penalty: expected a finite number"),
     ("is_ineq", "no", r"is_ineq: expected True or False"),
     ("augmentation", "hpr", r"penalty: expected a number > 0 with augmentation='hpr'"),
-    ("dual_momentum", 1.5, r"momentum: expected a finite number in \[0.0, 1.0\)"),
+    ("dual_momentum", 1.5, MOMENTUM),
     ("restart", True, r"restart: expected False for an equality group"),
 ])
 def test_hand_written_hyperparameters_are_checked_at_use(key, value, match):

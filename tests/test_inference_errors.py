@@ -183,7 +183,7 @@ def bad_states():
     yield edit("fixed_shares", torch.tensor(1.0)), "fixed_shares"
     yield edit("dual_steps", torch.tensor(-1)), "dual_steps"
     for key, value in (("fairness_tolerance", 0.1), ("b_tau", 8), ("eta_0", 0.1),
-                       ("per_batch", False), ("prediction_bounds", [0.0, 1.0]),
+                       ("per_batch", True), ("prediction_bounds", [0.0, 1.0]),
                        ("metric", "positive_rate")):
         extra = {"version": 2, "settings": dict(settings_, **{key: value})}
         yield edit("_extra_state", extra), key

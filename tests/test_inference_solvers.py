@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import minimize
+from scipy.optimize import LinearConstraint, minimize
 
 from humancompatible_train._projection import (
     decision_joint_project,
@@ -56,7 +56,7 @@ def scipy_qp(x, cell, K, S, eps, bounds, o, N0, use_a):
     for start in (np.clip(x, lo, hi), np.full(len(x), np.clip(0.0, lo, hi))):
         r = minimize(lambda q: 0.5 * ((q - x) ** 2).sum(), start, jac=lambda q: q - x,
                      bounds=[(lo, hi)] * len(x) if bounds is not None else None,
-                     constraints=cons, method="SLSQP", options={"ftol": 1e-14, "maxiter": 500})
+                     constraints=cons, method="SLSQP", options={"ftol": 1e-12, "maxiter": 500})
         if r.success and (best is None or r.fun < best.fun):
             best = r
     return best
@@ -221,3 +221,46 @@ def test_decisions_with_bounds_stay_inside():
     assert float(q.min()) >= 0.0 and float(q.max()) <= 1.0
     rates = [float((q[g == s] >= THR).double().mean()) for s in (0, 1)]
     assert rates[0] == rates[1]
+
+
+# ------------------------------------------------- the benchmark's clairvoyant bound
+def _benchmark_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "inference.py"
+    spec = importlib.util.spec_from_file_location("inference_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("batch,per_batch", [(1, False), (3, False), (3, True), (4, True)])
+def test_clairvoyant_bound_matches_scipy(batch, per_batch):
+    """The benchmark's bound (ADMM on cumulative cell masses) against SLSQP on the rows."""
+    bench = _benchmark_module()
+    rng = np.random.default_rng(batch)
+    n = 12
+    g = rng.integers(0, 2, n)
+    g[:2] = [0, 1]
+    z = rng.normal(size=n) * 2 + 1.5 * g
+    eps = bench.EPS
+    rows_w = []
+    for end in range(batch, n + batch, batch):
+        e = min(end, n)
+        for sel, always in ((np.arange(n) < e, True),
+                            ((np.arange(n) >= e - batch) & (np.arange(n) < e), False)):
+            big = per_batch or sel.sum() >= bench.B_TAU
+            if (always or big) and (g[sel] == 0).any() and (g[sel] == 1).any():
+                rows_w.append(np.where(sel, np.where(g == 1, 1 / (g[sel] == 1).sum(),
+                                                     -1 / (g[sel] == 0).sum()), 0.0))
+    A = np.array(rows_w)
+    ref = minimize(lambda q: ((q - z) ** 2).sum(), z, jac=lambda q: 2 * (q - z),
+                   hess=lambda q: 2 * np.eye(n), method="trust-constr",
+                   constraints=[LinearConstraint(A, -eps, eps)],
+                   options={"gtol": 1e-12, "xtol": 1e-14, "maxiter": 5000})
+    assert np.abs(A @ ref.x).max() <= eps + 1e-8
+    q = bench.oracle(z, g, batch, per_batch)
+    assert np.abs(A @ q).max() <= eps + 1e-6
+    assert bench.prefix_gap(q, g, batch) <= eps + 1e-6
+    np.testing.assert_allclose(q, ref.x, atol=1e-4)

@@ -1,6 +1,7 @@
 """The shared argument checks: canonical values back, one message pattern on error."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -103,6 +104,7 @@ def test_every_tabled_hyperparameter_is_rechecked_when_written_into_a_group(name
         dual = cls(1)
         duals = dual.duals
         dual.param_groups[0][key] = "bad"
-        with pytest.raises(ValueError, match=rf"{rule.label or key}: expected .*got 'bad'"):
+        expected = re.escape(f"{rule.label or key}: expected ") + ".*got 'bad'"
+        with pytest.raises(ValueError, match=expected):
             dual.step(torch.tensor([0.5]))
         assert torch.equal(dual.duals, duals) and dual.state_dict()["state"][0]["step"] == 0

@@ -111,11 +111,10 @@ def decision_band_project(
     See the module docstring for the problem, the argument for exactness and the handling
     of infeasible priors.
     """
-    count, pos_prior = _validate(z, key, num_classes, num_groups, eps, threshold, prior_count,
-                                 prior_pos, bounds)
-    if z.shape[0] == 0:
+    flips, count, pos_prior = _setup(z, key, num_classes, num_groups, eps, threshold,
+                                     prior_count, prior_pos, bounds)
+    if flips is None:
         return z.clone()
-    flips = _Flips(z, key, num_classes, num_groups, threshold, bounds)
     return flips.apply(_pooled_counts(flips, min(float(eps), 1.0), count, pos_prior))
 
 
@@ -133,26 +132,35 @@ def decision_joint_project(
     r"""As :func:`decision_band_project`, and the batch's own positive rates (of the groups
     present in it) also within ``eps`` of each other.
 
-    With the batch rates :math:`k_s / n_s` in a window :math:`[a, a + arepsilon]` and the
-    pooled rates in :math:`[b, b + arepsilon]`, each group's feasible counts form an
+    With the batch rates :math:`k_s / n_s` in a window :math:`[a, a + \varepsilon]` and the
+    pooled rates in :math:`[b, b + \varepsilon]`, each group's feasible counts form an
     integer interval (the intersection of the two windows' intervals) and its cheapest count
     is :math:`k_s^0` clamped to it; sliding each window down until a rate meets its lower
     end, or up until one meets its upper end, shows that an optimal pair of windows has
-    :math:`a \in \{k/n_s, k/n_s - arepsilon\}` and :math:`b \in \{R_s(k), R_s(k) -
-    arepsilon\}`. Every pair is evaluated (in chunks of ``a``). Classes where no pair
+    :math:`a \in \{k/n_s, k/n_s - \varepsilon\}` and :math:`b \in \{R_s(k), R_s(k) -
+    \varepsilon\}`. Every pair is evaluated (in chunks of ``a``). Classes where no pair
     fits both bands fall back to the pooled band alone (the pooled promise comes first).
     Cost :math:`O(N^2 S)` time per class, :math:`O(N S)` memory per chunk.
     """
-    count, pos_prior = _validate(z, key, num_classes, num_groups, eps, threshold, prior_count,
-                                 prior_pos, bounds)
-    if z.shape[0] == 0:
+    flips, count, pos_prior = _setup(z, key, num_classes, num_groups, eps, threshold,
+                                     prior_count, prior_pos, bounds)
+    if flips is None:
         return z.clone()
-    flips = _Flips(z, key, num_classes, num_groups, threshold, bounds)
     eps = min(float(eps), 1.0)
     pooled = _pooled_counts(flips, eps, count, pos_prior)
     joint, ok = _joint_counts(flips, eps, count, pos_prior)
     ok_cell = ok.repeat_interleave(num_groups)
     return flips.apply(torch.where(ok_cell, joint, pooled))
+
+
+def _setup(z: Tensor, key: Tensor, C: int, S: int, eps: float, threshold: float,
+           prior_count: Tensor | None, prior_pos: Tensor | None,
+           bounds: tuple[float, float] | None) -> tuple[_Flips | None, Tensor, Tensor]:
+    """The checks and the sorted flips shared by both projections (``None`` for no rows)."""
+    count, pos_prior = _validate(z, key, C, S, eps, threshold, prior_count, prior_pos, bounds)
+    if z.shape[0] == 0:
+        return None, count, pos_prior
+    return _Flips(z, key, C, S, threshold, bounds), count, pos_prior
 
 
 class _Flips:
@@ -271,15 +279,18 @@ def _pooled_counts(fl: _Flips, eps: float, count: Tensor, pos_prior: Tensor) -> 
     return k_sel[pick].reshape(G) - k0  # > 0: raise negatives, < 0: lower positives
 
 
-def _window(a: Tensor, eps: float, T: Tensor, P: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
+def _window(a: Tensor, eps: float, T: Tensor, P: Tensor, n: Tensor,
+            active: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Integer counts k with (P + k) / T in [a, a + eps] (within the rate tolerance), as
-    [lo, hi] clamped to [-1, n + 1] (empty when lo > hi)."""
+    [lo, hi] clamped to [-1, n + 1] (empty when lo > hi); [0, n] where ``active`` is False."""
     tol = _RATE_TOL * T
     lo_f = torch.ceil(a * T - P - tol)
     hi_f = torch.floor((a + eps) * T - P + tol)
     nf = n.to(torch.float64)
     lo_f = torch.minimum(lo_f.clamp(min=-1.0), nf + 1).to(torch.long)
     hi_f = torch.minimum(hi_f.clamp(min=-1.0), nf + 1).to(torch.long)
+    if active is not None:
+        lo_f, hi_f = torch.where(active, lo_f, 0), torch.where(active, hi_f, n)
     return lo_f, hi_f
 
 
@@ -314,12 +325,9 @@ def _joint_counts(fl: _Flips, eps: float, count: Tensor, pos_prior: Tensor
         best_cost, best_k = math.inf, None
         for i in range(0, a_all.numel(), step):
             a = a_all[i:i + step].view(-1, 1, 1)  # (Ja, 1, 1)
-            lo_a, hi_a = _window(a, eps, nf.clamp(min=1), torch.zeros_like(nf), n[c])
-            lo_a = torch.where(present, lo_a, 0)
-            hi_a = torch.where(present, hi_a, n[c])
-            lo_b, hi_b = _window(b_all, eps, T, pos_prior[c], n[c])
-            lo_b = torch.where(defined, lo_b, 0)
-            hi_b = torch.where(defined, hi_b, n[c])
+            # A group outside a band (absent from the batch, or never served) is free in it.
+            lo_a, hi_a = _window(a, eps, nf.clamp(min=1), torch.zeros_like(nf), n[c], present)
+            lo_b, hi_b = _window(b_all, eps, T, pos_prior[c], n[c], defined)
             lo = torch.maximum(torch.maximum(lo_a, lo_b), torch.zeros_like(lo_a))
             hi = torch.minimum(torch.minimum(hi_a, hi_b), n[c])
             # (Ja, Jb, S); kept within 0..n where the pair is infeasible (masked below).

@@ -145,8 +145,21 @@ def _hyperparameters(opt: DualOptimizer, group: dict[str, Any], saved: Mapping[s
             value = current
         elif key == "dual_range" and isinstance(value, list):
             value = tuple(value)
+        elif key not in opt.defaults and not _plain(value):
+            # Keys a scheduler adds (``initial_lr``, ...) travel with the group, but only
+            # values that ``torch.load(weights_only=True)`` can read back when re-saved.
+            raise ValueError(
+                f"{where}: {key}: expected a number, string, bool, None or a list of those "
+                f"(an extra key of a param group, e.g. a scheduler's), got {value!r}"
+            )
         new[key] = value
     return new
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, numbers.Real, str)):
+        return True
+    return isinstance(value, (list, tuple)) and all(_plain(v) for v in value)
 
 
 def _multipliers(opt: DualOptimizer, value: Any, group: dict[str, Any], where: str) -> Tensor:

@@ -84,8 +84,8 @@ class ALM(DualOptimizer):
 
     _HYPERPARAMETERS = {**DualOptimizer._HYPERPARAMETERS, "penalty": real(low=0.0),
                         "augmentation": choice(_AUGMENTATIONS),
-                        "dual_momentum": real(label="momentum", low=0.0, high=1.0,
-                                              high_open=True),
+                        "dual_momentum": real(label="momentum (group key 'dual_momentum')",
+                                              low=0.0, high=1.0, high_open=True),
                         "dampening": real(optional=True, low=0.0, high=1.0),
                         "restart": boolean()}
 

@@ -24,9 +24,10 @@ __all__ = ["check_batch", "check_bounds", "check_loaded", "check_settings", "che
 _F64 = torch.float64
 
 
-def check_batch(fi: FairInference, scores: Any, groups: Any, labels: Any
+def check_batch(fi: FairInference, scores: Any, groups: Any, labels: Any, read: bool = True
                 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Types and shapes (no value is read): flat detached scores, int64 group ids, labels."""
+    """Types and shapes: flat detached scores, int64 group ids, labels. ``read=False``
+    reads no value (floating ids are then returned as they are, unchecked)."""
     if not isinstance(scores, Tensor) or not scores.is_floating_point():
         got = scores.dtype if isinstance(scores, Tensor) else type(scores).__name__
         raise ValueError(f"scores: expected a floating tensor (float32 or float64), got {got}")
@@ -48,10 +49,11 @@ def check_batch(fi: FairInference, scores: Any, groups: Any, labels: Any
                          f"{groups.device}")
     g = groups.detach().reshape(-1)
     if g.is_floating_point():
-        if not bool((g == g.round()).all()):
-            raise ValueError(f"groups: expected whole-number group ids, got "
-                             f"{_few(g)}")
-        g = g.long()
+        if read:
+            if not bool((g == g.round()).all()):
+                raise ValueError(f"groups: expected whole-number group ids, got "
+                                 f"{_few(g)}")
+            g = g.long()
     elif g.dtype != torch.int64:
         g = g.long()
     if labels is None:

@@ -31,7 +31,9 @@ from .._projection import (
     pair_qp,
 )
 from .._projection.solver import _fixed_boxed
+from . import _device
 from ._checks import check_batch, check_values
+from ._host import _HostState
 
 if TYPE_CHECKING:
     from .wrapper import FairInference
@@ -46,6 +48,9 @@ _TOL = 1e-12
 def serve(fi: FairInference, scores: Tensor, groups: Tensor, labels: Tensor | None) -> Tensor:
     """Adjust one batch and update the serving state; returns the served scores, shaped and
     typed like ``scores``."""
+    if (isinstance(scores, Tensor) and scores.device.type != "cpu"
+            and scores.device == fi._flat.device and _device.supports(fi)):
+        return _device.serve(fi, scores, groups, labels)
     if (not fi._decision and isinstance(scores, Tensor) and scores.numel() == 1
             and isinstance(groups, Tensor) and groups.numel() == 1):
         return _serve_one(fi, scores, groups, labels)
@@ -130,141 +135,6 @@ def _serve_one(fi: FairInference, scores: Tensor, groups: Tensor, labels: Tensor
     return torch.full_like(scores, q)
 
 
-class _HostState:
-    """The state as Python floats for one step, with the batch's cell statistics."""
-
-    def __init__(self, fi: FairInference) -> None:
-        self.fi = fi
-        self.vals = fi._flat.tolist()
-        sl = fi._layout.slices
-        v = self.vals
-        self.count = v[sl["count"]]
-        self.raw = v[sl["raw_sum"]]
-        self.out = v[sl["out_sum"]]
-        self.lam = v[sl["multipliers"]]
-        self.calib = v[sl["calibration_offsets"]]
-        self.prior_count = v[sl["prior_count"]]
-        self.prior_sum = v[sl["prior_sum"]]
-        self.fixed_shares = v[sl["fixed_shares"].start] > 0
-        self.shares_fixed = v[sl["group_shares"]]
-        self.steps = v[sl["dual_steps"].start]
-        self.shares = self._shares()
-
-    # ---------------------------------------------------------------- running sums
-    def add_batch(self, n_b: list[float], sum_b: list[float], label_b: list[float] | None
-                  ) -> None:
-        fi = self.fi
-        self.count_old = self.count
-        self.count = [a + b for a, b in zip(self.count, n_b)]
-        self.raw = [a + b for a, b in zip(self.raw, sum_b)]
-        if label_b is not None:
-            sl = fi._layout.slices["label_sum"]
-            self.labels = [a + b for a, b in zip(self.vals[sl], label_b)]
-        self.shares = self._shares()
-
-    def _shares(self) -> list[float]:
-        if self.fixed_shares:
-            return self.shares_fixed
-        C, S = self.fi.num_classes, self.fi.num_groups
-        out = []
-        for k in range(C):
-            row = self.count[k * S:(k + 1) * S]
-            total = sum(row)
-            out += [c / total if total > 0 else 0.0 for c in row]
-        return out
-
-    # --------------------------------------------------------------------- the dual
-    def offsets(self, lam: list[float]) -> list[float]:
-        r""":math:`\nu_c` = calibration offset + the multipliers' offset."""
-        fi = self.fi
-        nu = list(self.calib)
-        if fi._residual:
-            for s in range(fi.num_groups):
-                nu[s] += lam[2 * s] - lam[2 * s + 1]
-            return nu
-        S, P, pi = fi.num_groups, len(fi._pairs), self.shares
-        for k in range(fi.num_classes):
-            base = k * S
-            for p, (g, h) in enumerate(fi._pairs):
-                lv = lam[k * P + p]
-                if lv:
-                    nu[base + g] += lv * pi[base + h]
-                    nu[base + h] -= lv * pi[base + g]
-        return nu
-
-    def dual_step(self, response_sums: list[float], subtract_offsets: bool) -> None:
-        """One projected ascent step on the pooled constraints of the primal response."""
-        fi = self.fi
-        t = self.steps + 1
-        eta = fi.eta_0 / math.sqrt(t)
-        eps = fi.fairness_tolerance
-        nu = self.offsets(self.lam) if subtract_offsets else None
-        resp: list[float | None] = []
-        for c, (a, n) in enumerate(zip(response_sums, self.count)):
-            total = n + self.prior_count[c]
-            if total > 0:
-                r = (a + self.prior_sum[c]) / total
-                resp.append(r - nu[c] if nu is not None else r)
-            else:
-                resp.append(None)  # not seen: its constraints sit out this step
-        lam = list(self.lam)
-        if fi._residual:
-            prior_labels = self.vals[fi._layout.slices["prior_label_sum"]]
-            for s, r in enumerate(resp):
-                if r is None:
-                    continue
-                ybar = (self.labels[s] + prior_labels[s]) / (self.count[s] + self.prior_count[s])
-                d = r - ybar
-                lam[2 * s] = max(0.0, lam[2 * s] + eta * (d - eps))
-                lam[2 * s + 1] = max(0.0, lam[2 * s + 1] + eta * (-d - eps))
-        else:
-            S, P = fi.num_groups, len(fi._pairs)
-            for k in range(fi.num_classes):
-                for p, (g, h) in enumerate(fi._pairs):
-                    rg, rh = resp[k * S + g], resp[k * S + h]
-                    if rg is not None and rh is not None:
-                        i = k * P + p
-                        lam[i] = max(0.0, lam[i] + eta * (rg - rh - eps))
-        self.lam = lam
-        self.steps = t
-
-    # ---------------------------------------------------------------- statistics
-    def served(self, out_b: list[float], sq_adj: float, gap: float | None) -> None:
-        """The served batch: per-cell sums, squared adjustment, its gap (None: undefined)."""
-        self.out = [a + b for a, b in zip(self.out, out_b)]
-        self.sq_adj = sq_adj
-        self.gap = gap
-
-    def finish(self, N: int) -> None:
-        fi = self.fi
-        sl = fi._layout.slices
-        v = self.vals
-        v[sl["count"]] = self.count
-        v[sl["raw_sum"]] = self.raw
-        v[sl["out_sum"]] = self.out
-        v[sl["multipliers"]] = self.lam
-        if fi._residual:
-            v[sl["label_sum"]] = self.labels
-        i = sl["dual_steps"].start
-        v[i] = self.steps
-        lam_max = sl["lambda_max"].start
-        v[lam_max] = max([v[lam_max], *self.lam])
-        v[sl["squared_adjustment"].start] += self.sq_adj
-        v[sl["cumulative_samples"].start] += N
-        v[sl["num_batches"].start] += 1
-        if self.gap is not None:
-            v[sl["weighted_gap_sum"].start] += N * self.gap
-            v[sl["weighted_gap_samples"].start] += N
-            v[sl["cumulative_weighted_violation"].start] += N * (self.gap - fi.fairness_tolerance)
-
-    def commit(self) -> None:
-        v = self.vals
-        if not math.isfinite(sum(v)) and not all(map(math.isfinite, v)):
-            raise ValueError("scores: the running sums would overflow float64 (scores or their "
-                             "adjustments are too large); nothing was changed")
-        self.fi._write_flat(v)
-
-
 # ------------------------------------------------------------ mean-type metrics
 def _mean_plan(fi: FairInference, st: _HostState, n_b: list[float], sum_b: list[float],
                large: bool) -> tuple[list[float], list[float], bool]:
@@ -292,7 +162,7 @@ def _serve_means(fi: FairInference, st: _HostState, z: Tensor, zd: Tensor, key: 
     shift = [b + x for b, x in zip(base, d)]
     bounds = fi.prediction_bounds
     # Rows in the scores' dtype (one rounding of the float64 shift).
-    shift_t = torch.from_numpy(np.array(shift, dtype=np.float64)).to(z.dtype)
+    shift_t = torch.from_numpy(np.array(shift, dtype=np.float64)).to(z.device, z.dtype)
     q = z + shift_t.index_select(0, key)
     if bounds is not None and not rows:
         lo, hi = torch.aminmax(q)

@@ -5,16 +5,17 @@ MLP 64-32, batch 256, one thread; each repetition runs every variant once, in a 
 time of each variant and its ratio to the plain step measured in the same run, then each
 algorithm's ratio to the ALM step of the same run (the overhead targets).
 
-    python benchmarks/overhead.py [--reps 400] [--setting tensors seed002]
+    python benchmarks/overhead.py [--reps 400] [--setting tensors basic-usage]
 
 Two settings of the same step:
 
 * ``tensors``: one fixed batch of 100 random features held in memory, the constraints a cheap
   function of the output -- the step at its smallest, where a dual optimizer's own cost shows
   most;
-* ``seed002``: seed 002's loop as written, on the shipped Adult data (105 features): each step
-  draws its batch from a shuffling ``DataLoader`` and the constraint is fairret's
-  positive-rate gap minus 0.05 (``m`` > 1 repeats it with ``m`` different weights).
+* ``basic-usage``: humancompatible-train's basic-usage loop as written, on the shipped Adult
+  data (105 features): each step draws its batch from a shuffling ``DataLoader`` and the
+  constraint is fairret's positive-rate gap minus 0.05 (``m`` > 1 repeats it with ``m``
+  different weights).
 
 "fixed penalty" computes the same constraint values and adds them with a fixed weight: the
 cost of evaluating the constraints without any dual optimizer; the ratio to it is the dual
@@ -61,7 +62,7 @@ class Setting(abc.ABC):
 
     @abc.abstractmethod
     def constraints(self, logit: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
-        """The step's m constraint values (0-d for seed 002's single one)."""
+        """The step's m constraint values (0-d for the basic-usage loop's single one)."""
 
 
 class Tensors(Setting):
@@ -83,7 +84,7 @@ class Tensors(Setting):
         return torch.sigmoid(logit).mean() * self.coef - 0.5
 
 
-class Seed002(Setting):
+class BasicUsage(Setting):
     def __init__(self, m: int) -> None:
         from fairret.statistic import PositiveRate
 
@@ -92,7 +93,7 @@ class Seed002(Setting):
         self.data = load_adult().train.tensor_dataset()
         self.features = self.data[0][0].shape[0]
         self.statistic = PositiveRate()
-        # m = 1 is seed 002's 0-d constraint; more repeat it with m different weights.
+        # m = 1 is the basic-usage loop's 0-d constraint; more repeat it with m weights.
         self.coef = None if m == 1 else torch.linspace(0.5, 1.5, m)
 
     def batches(self) -> Callable[[], Batch]:
@@ -115,11 +116,12 @@ class Seed002(Setting):
         return gap - EPS if self.coef is None else gap * self.coef - EPS
 
 
-SETTINGS = {"tensors": Tensors, "seed002": Seed002}
+SETTINGS = {"tensors": Tensors, "basic-usage": BasicUsage}
 
 
 def linear(lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """lam . c for a 1-D c, or a 0-d c (seed 002's single constraint) times lam's one entry."""
+    """lam . c for a 1-D c, or a 0-d c (the basic-usage loop's single constraint) times
+    lam's one entry."""
     return torch.dot(lam, c) if c.dim() else c * lam.view(())
 
 
@@ -328,7 +330,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=400)
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--setting", nargs="+", choices=sorted(SETTINGS),
-                    default=["tensors", "seed002"])
+                    default=["tensors", "basic-usage"])
     ap.add_argument("--m", type=int, nargs="+", default=[1, 100, 10_000])
     args = ap.parse_args()
     torch.set_num_threads(1)

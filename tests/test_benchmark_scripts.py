@@ -22,7 +22,7 @@ def run_script(name: str, *args: str) -> str:
 
 def test_overhead_runs_both_settings_and_prints_ratios():
     out = run_script("overhead.py", "--reps", "3", "--warmup", "1", "--m", "1", "3")
-    for setting, features in (("tensors", 100), ("seed002", 105)):
+    for setting, features in (("tensors", 100), ("basic-usage", 105)):
         for m in (1, 3):
             assert f"setting {setting} ({features} features), m = {m}" in out
     # Each variant's line ends with its ratio to the plain step and to the fixed penalty.

@@ -172,6 +172,20 @@ def test_arguments_are_checked():
         GroupMetrics(2, process_group="world")
 
 
+def test_automatic_validation_checks_counts_on_the_cpu():
+    """``validate=None`` (FairnessConstraint's automatic choice) checks like ``True`` when the
+    counts live on the CPU: a NaN logit is refused and nothing changes."""
+    gm = GroupMetrics(["a", "b"], scores="logits", validate=None)
+    gm.update(torch.tensor([2.0, -2.0, 1.0, -1.0]), torch.tensor([0, 0, 1, 1]),
+              torch.tensor([1, 0, 1, 0]))
+    before = gm.state_dict()
+    with pytest.raises(ValueError, match="pred"):
+        gm.update(torch.tensor([NAN, 0.0]), torch.tensor([0, 1]), torch.tensor([1, 0]))
+    after = gm.state_dict()
+    assert torch.equal(before["counts"], after["counts"])
+    assert gm.compute().p_rule == 1.0
+
+
 def test_unvalidated_non_finite_input_makes_every_later_metric_missing():
     gm = GroupMetrics(["a", "b"], scores="logits", validate=False)
     gm.update(torch.tensor([2.0, -2.0, 1.0, -1.0]), torch.tensor([0, 0, 1, 1]),

@@ -61,7 +61,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .._validation import check_bool, check_choice, check_device, check_real, fail
-from ._checks import Reads, Shown, kind
+from ._checks import Reads, Shown, check_validate, kind
 from .groups import Groups, GroupsLike
 
 __all__ = ["GroupMetrics", "MetricReport", "METRICS"]
@@ -296,6 +296,8 @@ class GroupMetrics:
             (one host read of the batch per call: turn it off on accelerators to avoid the
             synchronisation). ``False``: nothing is read; a non-finite input then makes every
             later metric NaN until :meth:`reset` (a missing value, never a fair one).
+            ``None``: as ``True`` for counts on the CPU and as ``False`` on accelerators,
+            the automatic choice of :class:`FairnessConstraint`.
 
     Every method that changes the state checks everything first: an error leaves the counts
     as they were.
@@ -303,7 +305,8 @@ class GroupMetrics:
 
     def __init__(self, groups: GroupsLike = 2, *, threshold: float = 0.5,
                  scores: str = "probabilities", process_group: Any = "auto",
-                 device: torch.device | str | None = None, validate: bool = True) -> None:
+                 device: torch.device | str | None = None, validate: bool | None = True
+                 ) -> None:
         self.groups = Groups.parse(groups)
         self.scores = check_choice("scores", scores, ("probabilities", "logits"))
         self.threshold = check_real("threshold", threshold, low=0.0, high=1.0)
@@ -311,7 +314,7 @@ class GroupMetrics:
             raise fail("process_group", "'auto', None or a torch.distributed process group",
                        process_group)
         self.process_group = process_group
-        self.validate = check_bool("validate", validate)
+        self.validate = check_validate(validate)
         self._device = None if device is None else _counts_device(device)
         # One column per group, and a last one over every row: with overlapping or soft
         # memberships (fairret's float layout) the groups' sums need not add up to it.
@@ -381,7 +384,8 @@ class GroupMetrics:
             dev = pred.device if pred.device.type != "mps" else torch.device("cpu")
         z = pred.detach().reshape(-1).to(dev, torch.float64)
         n = z.numel()
-        reads = Reads(self.validate, dev)
+        checked = self.validate is True or (self.validate is None and dev.type == "cpu")
+        reads = Reads(checked, dev)
         member = self.groups.membership(sens.to(dev), torch.float64, reads)
         if member.shape[0] != n:
             raise fail("sens", f"{n} rows (one per prediction)", member.shape[0])
@@ -404,7 +408,7 @@ class GroupMetrics:
             y = torch.zeros_like(score)
         rows = torch.stack([torch.ones_like(score), score, dec, y, dec * y, dec * (1 - y),
                             score * y, score * (1 - y)])
-        if not self.validate:
+        if not checked:
             # Unchecked non-finite inputs make every sum NaN (the sigmoid would hide an
             # infinite logit, the decision a NaN score): a missing value, never a fair one.
             rows = rows + (z + y + member.sum(1)) * 0

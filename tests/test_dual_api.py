@@ -315,12 +315,19 @@ ONE_GROUP = [
 ]
 
 
+@pytest.mark.parametrize("checked", [True, False], ids=["checked", "unchecked"])
 @pytest.mark.parametrize("make", ONE_GROUP)
-def test_one_tensor_and_the_general_path_give_the_same_trajectory(make):
+def test_one_tensor_and_the_general_path_give_the_same_trajectory(make, checked):
+    """Same multipliers, Lagrangian and gradients on both routes; with ``check_finite=False``
+    non-finite entries are masked alike (zero gradient, multipliers untouched there)."""
     fast, general = make(), make()
+    for dual in (fast, general):
+        dual.check_finite = checked
     gen = torch.Generator().manual_seed(0)
-    for _ in range(6):
+    for i in range(8):
         c = torch.randn(3, generator=gen)
+        if not checked and i % 2:
+            c[i % 3] = (float("nan"), float("inf"), -float("inf"))[i % 3]
         loss = torch.randn((), generator=gen)
         grads = []
         for dual, layout in ((fast, lambda v: v), (general, lambda v: [v])):
@@ -330,8 +337,10 @@ def test_one_tensor_and_the_general_path_give_the_same_trajectory(make):
             grads.append((lagr.detach(), w.grad, f.grad))
         for a, b in zip(*grads):
             assert torch.equal(a, b)
+        assert torch.isfinite(grads[0][0])
         assert torch.equal(fast.duals, general.duals)
-    assert fast.state_dict()["state"][0]["step"] == 6
+        assert torch.isfinite(fast.duals).all()
+    assert fast.state_dict()["state"][0]["step"] == 8
 
 
 @pytest.mark.parametrize(
@@ -360,30 +369,3 @@ def test_one_group_overflowing_sum_passes_the_check():
     lagr = dual.forward_update(torch.tensor(0.0), torch.tensor([3e38, 3e38]))
     assert torch.isfinite(dual.duals).all() and dual.duals.tolist() == pytest.approx([3.0, 3.0])
     assert lagr.item() == float("inf")  # 3 * 3e38 * 2 overflows float32 in the Lagrangian
-
-
-@pytest.mark.parametrize("make", ONE_GROUP)
-def test_unchecked_one_tensor_and_the_general_path_mask_alike(make):
-    """``check_finite=False``: the one-tensor route masks non-finite entries exactly as the
-    general path does (same multipliers, Lagrangian and gradients, zero at masked rows)."""
-    fast, general = make(), make()
-    for dual in (fast, general):
-        dual.check_finite = False
-    gen = torch.Generator().manual_seed(1)
-    for i in range(8):
-        c = torch.randn(3, generator=gen)
-        if i % 2:
-            c[i % 3] = (float("nan"), float("inf"), -float("inf"))[i % 3]
-        loss = torch.randn((), generator=gen)
-        grads = []
-        for dual, layout in ((fast, lambda v: v), (general, lambda v: [v])):
-            w, f = c.clone().requires_grad_(), loss.clone().requires_grad_()
-            lagr = dual.forward_update(f * 1.0, layout(w * 1.0))
-            lagr.backward()
-            grads.append((lagr.detach(), w.grad, f.grad))
-        for a, b in zip(*grads):
-            assert torch.equal(a, b)
-        assert torch.isfinite(grads[0][0])
-        assert torch.equal(fast.duals, general.duals)
-        assert torch.isfinite(fast.duals).all()
-    assert fast.state_dict()["state"][0]["step"] == 8

@@ -1,7 +1,7 @@
 """Regression tests for the sub-items of the bad-input report (D1-D15) that no other test file
 covers one by one; every other sub-item has its test beside the code it exercises."""
 
-import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,12 +65,18 @@ def test_d15_compare_checks_the_dual_lr_before_any_algorithm_trains(tmp_path, ca
     assert not out.exists()
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs a /proc file system")
-def test_d8_an_out_folder_that_cannot_be_made_is_named_before_any_work(capsys, no_work):
-    assert cli.main(["--out", "/proc/x", "--quiet"]) == 2
+def test_d8_an_out_folder_that_cannot_be_made_is_named_before_any_work(
+        tmp_path, monkeypatch, capsys, no_work):
+    # The report's /proc/x, on any file system: mkdir refused by the operating system.
+    def refuse(self, *a, **k):
+        raise PermissionError(13, "Permission denied", str(self))
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    out = tmp_path / "x"
+    assert cli.main(["--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("humancompatible-train: error: --out: cannot "
-                                               "create the folder '/proc/x'")
+    assert len(err) == 1 and err[0].startswith(
+        f"humancompatible-train: error: --out: cannot create the folder {str(out)!r} "
+        "(Permission denied)")
 
 
 def test_extra_param_group_keys_must_survive_a_weights_only_reload():

@@ -86,7 +86,6 @@ def check_kkt(q, z, g, lam, eps, bounds, present, tol=1e-7):
         assert (lam[s] == 0).all()
 
 
-
 def use_path(monkeypatch, path):
     """Run the solver on one of its paths: ``"host"`` (CPU: the two-group case on the host,
     NumPy below a size), ``"host-torch"`` (the same with its O(N) work in torch) or

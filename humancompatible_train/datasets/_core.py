@@ -309,8 +309,6 @@ class DatasetSplits:
         return "\n".join(lines)
 
 
-
-
 # ------------------------------------------------------------------------------------ building
 @dataclass(frozen=True)
 class _Plan:

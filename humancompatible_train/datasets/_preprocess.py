@@ -59,7 +59,6 @@ def natural_sort(values: Sequence[str]) -> list[str]:
     return sorted(values, key=key)
 
 
-
 # ---------------------------------------------------------------------------------- validation
 def check_columns(table: Table, columns: Sequence[str], *, argument: str, source: str) -> None:
     for c in columns:
@@ -238,7 +237,6 @@ def check_groups(
             f"sensitive column {column!r} in {source} has a single group {names[0]!r}; "
             f"fairness constraints need at least two groups{hint}"
         )
-
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,6 @@ def _no_rows(m: int, device: torch.device) -> Tensor:
     return torch.zeros(m, dtype=torch.bool, device=device)
 
 
-
 class TwoGroupFastPath:
     """Mixin of :class:`FairnessConstraint`: :meth:`_fast_path` and its two routes. Uses the
     constraint's ``_fast`` (a, b, c, d), ``_fast_cache``, ``mode``, ``pred``, ``validate``,

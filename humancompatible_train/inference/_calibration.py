@@ -70,7 +70,6 @@ def fit(fi: FairInference, scores: Tensor, groups: Tensor, labels: Tensor | None
             "samples": int(n.sum())}
 
 
-
 def _decision_offsets(z: Tensor, q: Tensor, key: Tensor, C: int, S: int, t: float) -> Tensor:
     """Per cell, the score shift under which thresholding reproduces the positives of ``q``
     (moving the cell's threshold between its k-th and (k + 1)-th largest score)."""

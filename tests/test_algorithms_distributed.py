@@ -8,6 +8,7 @@ import tempfile
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from distributed_support import gloo_worker
 
 from humancompatible_train.dual_optim import ALM, PBM, SSG, Optimistic, iALM
 
@@ -43,25 +44,19 @@ def run(duals, values):
     return out
 
 
-def _worker(rank, world, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
-    try:
-        out = run(build(dist.group.WORLD), [torch.tensor(c) for c in LOCAL[rank]])
-        indexed = ALM(4, lr=1.0, momentum=0.5, process_group=dist.group.WORLD)
-        for values, idx in OBSERVED[rank]:
-            indexed.step(torch.tensor(values), indices=torch.tensor(idx))
-        out["indexed"] = [indexed.duals, indexed.state_dict()["state"][0]["momentum_buffer"]]
-        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+def _body(rank, out_dir):
+    out = run(build(dist.group.WORLD), [torch.tensor(c) for c in LOCAL[rank]])
+    indexed = ALM(4, lr=1.0, momentum=0.5, process_group=dist.group.WORLD)
+    for values, idx in OBSERVED[rank]:
+        indexed.step(torch.tensor(values), indices=torch.tensor(idx))
+    out["indexed"] = [indexed.duals, indexed.state_dict()["state"][0]["momentum_buffer"]]
+    torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 def test_two_processes_match_the_averaged_single_process_run():
     with tempfile.TemporaryDirectory() as tmp:
-        mp.start_processes(_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2,
-                           join=True, start_method="spawn")
+        mp.start_processes(gloo_worker, args=(2, f"file://{os.path.join(tmp, 'init')}", _body,
+                                              tmp), nprocs=2, join=True, start_method="spawn")
         ranks = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True)
                  for r in (0, 1)]
     averaged = [(torch.tensor(a) + torch.tensor(b)) / 2 for a, b in zip(LOCAL[0], LOCAL[1])]

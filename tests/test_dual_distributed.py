@@ -1,7 +1,6 @@
 """process_group averages the dual-step values across 2 gloo processes on CPU, and every rank
 takes the same decision on faults (no rank is left waiting in a collective)."""
 
-import datetime
 import math
 import os
 import re
@@ -11,6 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from distributed_support import gloo_worker
 
 from humancompatible_train.dual_optim import ALM, PrimalDual
 
@@ -29,18 +29,9 @@ def _averaging(rank, out_dir):
                os.path.join(out_dir, f"rank{rank}.pt"))
 
 
-def _worker(rank, world, init_file, out_dir):
-    # A short timeout turns a hang (one rank raising before a collective) into a failure.
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world, timeout=datetime.timedelta(seconds=30))
-    try:
-        _averaging(rank, out_dir)
-        _faults(rank, out_dir)
-        # Leave together: a rank tearing down gloo while its peer still talks aborts the peer.
-        # The barrier also shows that the process group survived the faults.
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+def _body(rank, out_dir):
+    _averaging(rank, out_dir)
+    _faults(rank, out_dir)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +39,8 @@ def results():
     """One pair of processes for every test of this file (spawning costs seconds)."""
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "init")
-        mp.start_processes(_worker, args=(2, init_file, tmp), nprocs=2, join=True,
-                           start_method="spawn")
+        mp.start_processes(gloo_worker, args=(2, f"file://{init_file}", _body, tmp),
+                           nprocs=2, join=True, start_method="spawn")
         yield {name: [torch.load(os.path.join(tmp, f"{name}{i}.pt"), weights_only=True)
                       for i in (0, 1)] for name in ("rank", "faults")}
 

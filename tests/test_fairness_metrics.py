@@ -1,6 +1,5 @@
 """GroupMetrics: exact accumulation, hand-checked values, p%-rule, distributed sums."""
 
-import datetime
 import math
 import os
 import socket
@@ -10,8 +9,8 @@ import time
 import hypothesis.strategies as st
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
+from distributed_support import gloo_worker
 from hypothesis import given, settings
 
 from humancompatible_train.fairness import GroupMetrics
@@ -92,21 +91,15 @@ def test_errors():
         gm.compute().difference(method="sideways")
 
 
-def _worker(rank, world, port, out_dir):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world, timeout=datetime.timedelta(seconds=60))
-    try:
-        p, g, y = data()
-        part = slice(0, 600) if rank == 0 else slice(600, 1000)
-        gm = GroupMetrics(3)  # process_group="auto": sums over the initialised world
-        gm.update(p[part], g[part], y[part])
-        torch.save(gm.compute().by_group, os.path.join(out_dir, f"r{rank}.pt"))
-        local = GroupMetrics(3, process_group=None)
-        local.update(p[part], g[part], y[part])
-        torch.save(local.compute().by_group, os.path.join(out_dir, f"local{rank}.pt"))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+def _body(rank, out_dir):
+    p, g, y = data()
+    part = slice(0, 600) if rank == 0 else slice(600, 1000)
+    gm = GroupMetrics(3)  # process_group="auto": sums over the initialised world
+    gm.update(p[part], g[part], y[part])
+    torch.save(gm.compute().by_group, os.path.join(out_dir, f"r{rank}.pt"))
+    local = GroupMetrics(3, process_group=None)
+    local.update(p[part], g[part], y[part])
+    torch.save(local.compute().by_group, os.path.join(out_dir, f"local{rank}.pt"))
 
 
 def _free_port():
@@ -117,8 +110,9 @@ def _free_port():
 
 def test_distributed_counts_are_summed():
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = mp.start_processes(_worker, args=(2, _free_port(), tmp), nprocs=2, join=False,
-                                 start_method="spawn")
+        ctx = mp.start_processes(gloo_worker, args=(2, f"tcp://127.0.0.1:{_free_port()}",
+                                                    _body, tmp),
+                                 nprocs=2, join=False, start_method="spawn")
         deadline = time.monotonic() + 120
         while not ctx.join(timeout=5):
             if time.monotonic() > deadline:

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from distributed_support import gloo_worker
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
@@ -250,25 +251,19 @@ def _duals(process_group=None):
             AdaptiveDual(2, lr=0.5, kappa_p=1.0, process_group=process_group))
 
 
-def _worker(rank, world, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
-    try:
-        duals = _duals(dist.group.WORLD)
-        for c in LOCAL[rank]:
-            for dual in duals:
-                dual.forward_update(torch.tensor(0.0), torch.tensor(c))
-        torch.save({"duals": [d.duals for d in duals]}, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+def _body(rank, out_dir):
+    duals = _duals(dist.group.WORLD)
+    for c in LOCAL[rank]:
+        for dual in duals:
+            dual.forward_update(torch.tensor(0.0), torch.tensor(c))
+    torch.save({"duals": [d.duals for d in duals]}, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 def test_two_processes_hold_identical_multipliers_equal_to_the_averaged_run():
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "init")
-        mp.start_processes(_worker, args=(2, init_file, tmp), nprocs=2, join=True,
-                           start_method="spawn")
+        mp.start_processes(gloo_worker, args=(2, f"file://{init_file}", _body, tmp),
+                           nprocs=2, join=True, start_method="spawn")
         r0 = torch.load(os.path.join(tmp, "rank0.pt"), weights_only=True)
         r1 = torch.load(os.path.join(tmp, "rank1.pt"), weights_only=True)
     singles = _duals()

@@ -44,6 +44,10 @@ def test_all_indices_in_any_order_equal_the_full_call():
 
 SEPARABLE = {
     "alm": lambda: ALM(5, lr=0.5, momentum=0.5, is_ineq=True, init_duals=0.3),
+    # Without momentum a zero step changes nothing: the step runs on the dense values as they
+    # are (zeros where unobserved), not through the masked step.
+    "alm_plain": lambda: ALM(5, lr=0.5, is_ineq=True, init_duals=0.3),
+    "alm_unchecked": lambda: ALM(5, lr=0.5, is_ineq=True, init_duals=0.3, check_finite=False),
     "primal_dual": lambda: PrimalDual(5, eta_0=0.5, init_duals=0.3),
     "pbm": lambda: PBM(5, lr=0.5, penalty_update="dimin_adapt", epoch_length=2),
 }
@@ -109,6 +113,41 @@ def test_bad_indices_raise_and_change_nothing(values, indices, match):
         with pytest.raises(ValueError, match=match):
             call()
         assert state_equal(before, dual.state_dict())
+
+
+def test_a_non_finite_value_is_reported_at_its_constraint_index_and_changes_nothing():
+    dual = ALM(2, lr=1.0, name="budget")
+    dual.add_constraint_group(5, name="per_class")
+    dual.step([torch.tensor([0.1, 0.2]), torch.tensor([1.0])], indices=[None, torch.tensor([4])])
+    before = dual.state_dict()
+    values = [torch.tensor([0.1, 0.2]), torch.tensor([1.0, float("inf")])]
+    idx = [None, torch.tensor([1, 3])]
+    calls = {
+        "step": lambda: dual.step(values, indices=idx),
+        "forward_update": lambda: dual.forward_update(ZERO, values, indices=idx),
+        "forward": lambda: dual.forward(ZERO, values, indices=idx),
+        # As proxies the same values are refused as the dual step's; as the Lagrangian's
+        # values beside finite proxies, as the constraints.
+        "proxy": lambda: dual.forward_update(ZERO, [v.nan_to_num() for v in values], values,
+                                             indices=idx),
+        "lagrangian": lambda: dual.forward_update(ZERO, values,
+                                                  [v.nan_to_num() for v in values],
+                                                  indices=idx),
+    }
+    for name, call in calls.items():
+        what = "constraints" if name in ("forward", "lagrangian") else (
+            "constraint values for the dual step")
+        with pytest.raises(ValueError, match=rf"^{what}: non-finite value\(s\) in constraint "
+                           r"group 'per_class' at index \[3\] \(values \[inf\]\)"):
+            call()
+        assert state_equal(before, dual.state_dict()), name
+
+
+def test_bad_indices_are_reported_before_non_finite_values():
+    dual = ALM(4, lr=1.0)
+    with pytest.raises(ValueError, match=r"repeated \[2\]"):
+        dual.step(torch.tensor([float("nan"), 1.0]), indices=torch.tensor([2, 2]))
+    assert dual.duals.tolist() == [0.0] * 4
 
 
 def test_resume_with_indices_is_bitwise_identical():

@@ -40,7 +40,10 @@ def test_overhead_runs_both_settings_and_prints_ratios():
     against = re.findall(r"^    (\S.*?)\s+/ (\S.*?)\s+([\d.]+)x", out, flags=re.MULTILINE)
     pairs = {(a.strip(), b.strip()) for a, b, _ in against}
     assert {("ours PBM", "ours ALM"), ("ours SSG", "ours ALM"), ("ours Moreau(ALM)", "ours ALM"),
-            ("ours iALM", "ours ALM (quadratic)"),
+            ("ours iALM", "ours ALM (quadratic)"), ("ours nuPI", "ours ALM"),
+            ("ours AdaptiveDual", "ours ALM"), ("ours Optimistic(ALM)", "ours ALM"),
+            ("ours Extragradient(ALM)", "2 x ours ALM"),
+            ("ours ALM, indices=", "ours ALM"),
             ("ALM + FairnessConstraint", "ALM + hand-written PR gap")} <= pairs
 
 

@@ -25,8 +25,9 @@ def standardize(c: Tensor, prev: Tensor, noise: Tensor, weight: Tensor, started:
     noise.mul_(beta).add_(d2, alpha=1.0 - beta)
     weight.mul_(beta).add_(1.0 - beta)
     scale = (noise / weight).sqrt_()
-    z = torch.where(scale > 0, c / scale.clamp(min=torch.finfo(c.dtype).tiny),
-                    torch.zeros_like(c))
+    # A positive scale is at least the square root of the smallest subnormal, so the division
+    # never overflows where it is kept; where the scale is 0 its inf/NaN is dropped.
+    z = torch.where(scale > 0, c / scale, 0.0)
     prev.copy_(c)
     return z.clamp_(-clip, clip)
 

@@ -263,13 +263,23 @@ class Optimistic:
         grads += [None] * (len(params) - len(grads))  # groups added to the optimizer later
         with torch.no_grad():
             pairs = [(i, p) for i, p in enumerate(params) if p.grad is not None]
+            if not pairs:
+                self.optimizer.step()
+                return loss
             found = [p.grad for _, p in pairs]
             prev = [found[k] if grads[i] is None else grads[i] for k, (i, _) in enumerate(pairs)]
-            optimistic = [torch.add(g, g - q) for g, q in zip(found, prev)]
+            # g + (g - q), one multi-tensor kernel per operation instead of two per parameter.
+            optimistic = torch._foreach_sub(found, prev)
+            torch._foreach_add_(optimistic, found)
             with swapped_gradients([p for _, p in pairs], optimistic):
                 self.optimizer.step()
-            for (i, _), g in zip(pairs, found):
-                grads[i] = g.detach().clone()
+            kept = [grads[i] for i, _ in pairs]
+            if all(k is not None and k.shape == g.shape and k.dtype == g.dtype
+                   and k.device == g.device for k, g in zip(kept, found)):
+                torch._foreach_copy_(kept, found)
+            else:
+                for (i, _), g in zip(pairs, found):
+                    grads[i] = g.detach().clone()
         return loss
 
     def state_dict(self) -> dict[str, Any]:

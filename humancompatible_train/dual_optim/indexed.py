@@ -10,6 +10,7 @@ per class, per group or per sample, of which each batch sees a few.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .._validation import fail
+from ._inputs import raise_non_finite
 
 __all__ = ["IndicesLike", "expand", "forward", "forward_update", "step"]
 
@@ -47,18 +49,20 @@ def _per_group(groups: list[dict[str, Any]], given: Any, arg: str, optional: boo
                type(given).__name__)
 
 
-def expand(groups: list[dict[str, Any]], values: Any, indices: IndicesLike, arg: str
-           ) -> tuple[list[Tensor], list[Tensor | None]]:
+def expand(groups: list[dict[str, Any]], values: Any, indices: IndicesLike, arg: str,
+           finite: str | None = None) -> tuple[list[Tensor], list[Tensor | None]]:
     """Dense per-group constraint tensors (differentiable in ``values``, 0 where unobserved)
     and per-group observed masks (``None`` for a group given in full).
 
     Checks everything first, with one host read for all groups: index dtype ``long``, 1-D,
     on the multipliers' device, the same length as the values, inside ``[0, m)`` and without
-    repeats. Raises a ValueError naming the group otherwise.
+    repeats; with ``finite`` (the error's wording), finite values too, in the same read.
+    Raises a ValueError naming the group otherwise.
     """
     vals = _per_group(groups, values, arg, optional=False)
     idxs = _per_group(groups, indices, "indices", optional=True)
-    flags, dense, masks = [], [], []
+    flags: list[Tensor] = []
+    masks: list[Tensor | None] = []
     for group, v, idx in zip(groups, vals, idxs):
         where = f"{arg}: group {group['name']!r}: "
         duals, m = group["params"][0], group["m"]
@@ -71,7 +75,6 @@ def expand(groups: list[dict[str, Any]], values: Any, indices: IndicesLike, arg:
             if not (tuple(v.shape) == (m,) or (m == 1 and v.dim() == 0)):
                 raise fail("values", f"shape ({m},) (no indices: every constraint)",
                            tuple(v.shape), where)
-            dense.append(v)
             masks.append(None)
             continue
         if not isinstance(idx, Tensor) or idx.dtype != torch.long or idx.dim() != 1:
@@ -84,50 +87,73 @@ def expand(groups: list[dict[str, Any]], values: Any, indices: IndicesLike, arg:
         if v.dim() != 1 or v.shape[0] != idx.shape[0]:
             raise fail("values", f"shape ({idx.shape[0]},), one value per index",
                        tuple(v.shape), where)
-        inside = (idx >= 0) & (idx < m)
-        counts = torch.zeros(m, dtype=torch.long, device=idx.device).index_add_(
-            0, idx.clamp(0, m - 1), inside.long())
-        flags.append((~inside).any() | (counts > 1).any())
-        dense.append(None)
-        masks.append(None)
-    if flags and bool(torch.stack(flags).any()):
-        for group, idx in zip(groups, idxs):
-            if idx is None:
-                continue
-            listed = idx.tolist()
-            outside = [i for i in listed if not 0 <= i < group["m"]]
-            repeated = sorted({i for i in listed if listed.count(i) > 1})
-            if outside or repeated:
-                raise fail("indices", f"distinct indices in [0, {group['m']})",
-                           f"out of range {outside}, repeated {repeated}",
-                           f"{arg}: group {group['name']!r}: ")
-    for i, (group, v, idx) in enumerate(zip(groups, vals, idxs)):
-        if idx is not None:
-            # Scattered only now that the indices are known to be valid (an index outside
-            # the range would fail inside the kernel on an accelerator).
-            dense[i] = v.new_zeros(group["m"]).index_put((idx,), v)
-            masks[i] = torch.zeros(group["m"], dtype=torch.bool, device=idx.device
-                                   ).index_fill_(0, idx, True)
+        # The mask of the clamped indices is the observed mask once the indices are known to
+        # be in range; then it has fewer entries set than indices only if some repeat.
+        mask = torch.zeros(m, dtype=torch.bool, device=idx.device)
+        if idx.numel():
+            mask.index_fill_(0, idx.clamp(0, m - 1), True)
+            low, high = torch.aminmax(idx)
+            flags.append((low < 0) | (high >= m) | (mask.sum() != idx.numel()))
+        masks.append(mask)
+    flag = flags[0] if len(flags) == 1 else torch.stack(flags).any() if flags else None
+    # The sum is finite whenever every value is (an overflowing sum is refused too).
+    total = None
+    if finite is not None:
+        sums = [v.detach().sum() for v in vals]
+        total = sums[0] if len(sums) == 1 else torch.stack(sums).sum()
+    if flag is not None and total is not None:
+        bad, total_value = torch.stack([flag.to(total.dtype), total]).tolist()
+    else:
+        bad = flag is not None and bool(flag)
+        total_value = 0.0 if total is None else float(total)
+    if bad:
+        _raise_bad_indices(groups, idxs, arg)
+    # Scattered only now that the indices are known to be valid (an index outside the range
+    # would fail inside the kernel on an accelerator).
+    dense = [v if idx is None else v.new_zeros(group["m"]).index_put((idx,), v)
+             for group, v, idx in zip(groups, vals, idxs)]
+    if not math.isfinite(total_value):
+        raise_non_finite(groups, [d.detach() for d in dense], finite or "")
     return dense, masks
 
 
+def _raise_bad_indices(groups: list[dict[str, Any]], idxs: list[Any], arg: str) -> None:
+    for group, idx in zip(groups, idxs):
+        if idx is None:
+            continue
+        listed = idx.tolist()
+        outside = [i for i in listed if not 0 <= i < group["m"]]
+        repeated = sorted({i for i in listed if listed.count(i) > 1})
+        if outside or repeated:
+            raise fail("indices", f"distinct indices in [0, {group['m']})",
+                       f"out of range {outside}, repeated {repeated}",
+                       f"{arg}: group {group['name']!r}: ")
+
+
 def _values(dual: Any, constraints: Any, dual_constraints: Any, indices: IndicesLike
-            ) -> tuple[list[Tensor], list[Tensor], list[Tensor | None]]:
-    """Dense Lagrangian values, dense detached dual-step values, observed masks: checked."""
+            ) -> tuple[list[Tensor], list[Tensor], list[Tensor | None], bool]:
+    """Dense Lagrangian values, dense detached dual-step values, observed masks, and whether
+    the dual-step values were already checked finite: all checked."""
     groups = dual.param_groups
     if not groups:
         raise ValueError(f"{type(dual).__name__} has no constraint group yet")
-    dense, masks = expand(groups, constraints, indices, "constraints")
+    # Without a process group the finiteness test joins the indices' read; with one it is
+    # taken on the averaged values, collectively, in _step.
+    local = dual.check_finite and dual.process_group is None
     if dual_constraints is None:
-        return dense, [d.detach() for d in dense], masks
-    proxy, _ = expand(groups, dual_constraints, indices, "dual_constraints")
-    if dual.check_finite and dual.process_group is None:
-        dual._check_finite([d.detach() for d in dense], "constraints")
-    return dense, [p.detach() for p in proxy], masks
+        dense, masks = expand(groups, constraints, indices, "constraints",
+                              "constraint values for the dual step" if local else None)
+        return dense, [d.detach() for d in dense], masks, local
+    dense, masks = expand(groups, constraints, indices, "constraints",
+                          "constraints" if local else None)
+    proxy, _ = expand(groups, dual_constraints, indices, "dual_constraints",
+                      "constraint values for the dual step" if local else None)
+    return dense, [p.detach() for p in proxy], masks, local
 
 
-def _step(dual: Any, values: list[Tensor], masks: list[Tensor | None]) -> None:
-    """One dual step moving only the observed entries (``masks``; ``None``: all)."""
+def _step(dual: Any, values: list[Tensor], masks: list[Tensor | None], checked: bool) -> None:
+    """One dual step moving only the observed entries (``masks``; ``None``: all); ``checked``:
+    the values are known to be finite."""
     groups = dual.param_groups
     dual._check_hyperparameters()
     for group in groups:
@@ -146,36 +172,35 @@ def _step(dual: Any, values: list[Tensor], masks: list[Tensor | None]) -> None:
         sizes = [g["m"] for g in groups]
         values = [s / n.clamp(min=1) for s, n in zip(sums.split(sizes), seen.split(sizes))]
         masks = [n > 0 for n in seen.split(sizes)]
-    if dual.check_finite:
+    if dual.check_finite and not checked:
         dual._check_finite(values, "constraint values for the dual step")
     state = dual.state
-    nan = torch.tensor(float("nan"), dtype=values[0].dtype, device=values[0].device)
     for group, c, mask in zip(groups, values, masks):
         group_state = state[group["params"][0]]
-        if mask is None and dual.check_finite:
+        if dual.check_finite and (mask is None or dual._zero_step_is_identity(group)):
+            # Finite, and 0 at every unobserved entry, where a step then changes nothing.
             dual._dual_step(group, group_state, c)
         else:
             # Unobserved entries enter as NaN: the masked step leaves them out, with their
             # multipliers and per-constraint buffers as they were.
             dual._masked_dual_step(group, group_state,
-                                   c if mask is None else torch.where(mask, c, nan))
+                                   c if mask is None else torch.where(mask, c, math.nan))
         group_state["step"] += 1
 
 
 def forward(dual: Any, loss: Tensor, constraints: Any, indices: IndicesLike) -> Tensor:
     """:meth:`DualOptimizer.forward` on partially observed constraints."""
     dual._check_loss(loss)
-    dense, _ = expand(dual.param_groups, constraints, indices, "constraints")
+    dense, _ = expand(dual.param_groups, constraints, indices, "constraints",
+                      "constraints" if dual.check_finite else None)
     dual._check_hyperparameters()
-    if dual.check_finite:
-        dual._check_finite([d.detach() for d in dense], "constraints")
     return dual._lagrangian(loss, dense)
 
 
 def step(dual: Any, constraints: Any, dual_constraints: Any, indices: IndicesLike) -> None:
     """:meth:`DualOptimizer.step` on partially observed constraints."""
-    _, values, masks = _values(dual, constraints, dual_constraints, indices)
-    _step(dual, values, masks)
+    _, values, masks, checked = _values(dual, constraints, dual_constraints, indices)
+    _step(dual, values, masks, checked)
 
 
 def forward_update(dual: Any, loss: Tensor, constraints: Any, dual_constraints: Any,
@@ -189,8 +214,8 @@ def forward_update(dual: Any, loss: Tensor, constraints: Any, dual_constraints: 
     if hooked:
         args, kwargs = _hooks.run_step_pre_hooks(dual, constraints, dual_constraints)
         constraints, dual_constraints = _hooks.step_arguments(args, kwargs)
-    dense, values, masks = _values(dual, constraints, dual_constraints, indices)
-    _step(dual, values, masks)
+    dense, values, masks, checked = _values(dual, constraints, dual_constraints, indices)
+    _step(dual, values, masks, checked)
     # Learning-rate schedulers check that the optimizer stepped before they do.
     dual._flags["opt_called"] = True
     if hooked:

@@ -20,7 +20,7 @@ def nupi_step(duals: Tensor, xi: Tensor, started: Tensor, c: Tensor, *, lr: floa
     :math:`\eta(\kappa_i c_t + \kappa_p(\xi_t - \xi_{t-1}))`; entries not ``started`` take
     :math:`\xi_{t-1} = c_t` (the filter starts at its first value)."""
     previous = torch.where(started, xi, c)
-    xi.copy_(previous).mul_(nu).add_(c, alpha=1.0 - nu)
+    torch.mul(previous, nu, out=xi).add_(c, alpha=1.0 - nu)
     duals.add_(c, alpha=lr * kappa_i)
     if kappa_p != 0.0:
         duals.add_(xi - previous, alpha=lr * kappa_p)

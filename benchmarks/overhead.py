@@ -211,37 +211,27 @@ def variants(setting: Setting, m: int) -> dict[str, Callable[[], None]]:
     out["ours PBM"] = ours(PBM, lr=0.9)
     out["ours SSG"] = ours(SSG)
 
-    def moreau():
-        # The primal wrapper: the same ALM step, the smoothing inside the optimizer's step.
-        dual = ALM(m=m, lr=0.01, is_ineq=True)
-        wrapped = MoreauEnvelope(opt, mu=0.1, beta=0.5)
+    def wrapped_step(primal, dual):
+        # The ALM step with the primal optimizer wrapped: ``primal`` has zero_grad and step,
+        # ``dual`` forward_update (for Optimistic both are the wrapper).
         draw = setting.batches()
 
         def step():
             x, sens, y = draw()
-            wrapped.zero_grad()
+            primal.zero_grad()
             o = model(x)
             dual.forward_update(bce(o, y), cons(o, sens)).backward()
-            wrapped.step()
+            primal.step()
         return step
-    out["ours Moreau(ALM)"] = moreau()
+
+    # The smoothing inside the optimizer's step.
+    out["ours Moreau(ALM)"] = wrapped_step(MoreauEnvelope(opt, mu=0.1, beta=0.5),
+                                           ALM(m=m, lr=0.01, is_ineq=True))
     out["ours nuPI"] = ours(nuPI)
     out["ours AdaptiveDual"] = ours(AdaptiveDual)
-
-    def optimistic():
-        # Optimistic steps around the same ALM: the two-line loop, the extrapolation of the
-        # gradients inside the primal step.
-        og = Optimistic(opt, ALM(m=m, lr=0.01, is_ineq=True))
-        draw = setting.batches()
-
-        def step():
-            x, sens, y = draw()
-            og.zero_grad()
-            o = model(x)
-            og.forward_update(bce(o, y), cons(o, sens)).backward()
-            og.step()
-        return step
-    out["ours Optimistic(ALM)"] = optimistic()
+    # The two-line loop, the extrapolation of the gradients inside the primal step.
+    og = Optimistic(opt, ALM(m=m, lr=0.01, is_ineq=True))
+    out["ours Optimistic(ALM)"] = wrapped_step(og, og)
 
     def extragradient():
         # Two evaluations of the model per step by design: its reference is two ALM steps.

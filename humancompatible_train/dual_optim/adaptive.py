@@ -25,8 +25,9 @@ def standardize(c: Tensor, prev: Tensor, noise: Tensor, weight: Tensor, started:
     noise.mul_(beta).add_(d2, alpha=1.0 - beta)
     weight.mul_(beta).add_(1.0 - beta)
     scale = (noise / weight).sqrt_()
-    # A positive scale is at least the square root of the smallest subnormal, so the division
-    # never overflows where it is kept; where the scale is 0 its inf/NaN is dropped.
+    # A positive scale is at least the square root of the smallest subnormal, far above the
+    # smallest normal number, so it needs no floor; where it is 0 the division's inf/NaN is
+    # dropped (and an overflowing quotient clips to +-clip below).
     z = torch.where(scale > 0, c / scale, 0.0)
     prev.copy_(c)
     return z.clamp_(-clip, clip)

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from .._apportion import largest_remainder
 from .._validation import check_bool, check_choice, check_int, fail
 from ._checks import Shown, kind
 
@@ -99,15 +100,6 @@ def _strata(g: np.ndarray) -> tuple[np.ndarray, list[Any]]:
     return np.array([index[k] for k in keys], dtype=np.int64), values
 
 
-def _largest_remainder(target: np.ndarray, total: int) -> np.ndarray:
-    """Integers within one of ``target`` (each floor or ceil) that sum to ``total``."""
-    base = np.floor(target).astype(np.int64)
-    short = total - int(base.sum())
-    order = np.argsort(-(target - base), kind="stable")
-    base[order[:short]] += 1
-    return base
-
-
 class StratifiedBatchSampler(Sampler[list[int]]):
     """Batches with the dataset's group proportions (see the module for the policies).
 
@@ -146,7 +138,7 @@ class StratifiedBatchSampler(Sampler[list[int]]):
         sizes = np.array([len(m) for m in self.members], dtype=np.int64)
         T = self.num_batches
         if drop_last:
-            places = _largest_remainder(sizes * (T * self.batch_size / n), T * self.batch_size)
+            places = largest_remainder(sizes * (T * self.batch_size / n), T * self.batch_size)
         else:
             places = sizes.copy()
         small = [s for s in range(len(sizes)) if places[s] < T]

@@ -41,13 +41,7 @@ def check_batch(fi: FairInference, scores: Any, groups: Any, labels: Any, read: 
     N = z.shape[0]
     if N == 0:
         raise ValueError("scores: expected a non-empty batch, got 0 rows")
-    if not isinstance(groups, Tensor) or groups.numel() != N or groups.is_complex():
-        got = tuple(groups.shape) if isinstance(groups, Tensor) else type(groups).__name__
-        raise ValueError(f"groups: expected a tensor of {N} group ids, got {got}")
-    if groups.device != z.device:
-        raise ValueError(f"groups: expected a tensor on the scores' device {z.device}, got "
-                         f"{groups.device}")
-    g = groups.detach().reshape(-1)
+    g = _per_row("groups", groups, z, f"a tensor of {N} group ids")
     if g.is_floating_point():
         if read:
             if not bool((g == g.round()).all()):
@@ -61,13 +55,19 @@ def check_batch(fi: FairInference, scores: Any, groups: Any, labels: Any, read: 
             raise ValueError(f"labels: metric {fi.metric!r} needs labels with every batch, "
                              "got None")
         return z, g, None
-    if not isinstance(labels, Tensor) or labels.numel() != N or labels.is_complex():
-        got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-        raise ValueError(f"labels: expected a tensor of {N} values, got {got}")
-    if labels.device != z.device:
-        raise ValueError(f"labels: expected a tensor on the scores' device {z.device}, got "
-                         f"{labels.device}")
-    return z, g, labels.detach().reshape(-1).to(_F64)
+    return z, g, _per_row("labels", labels, z, f"a tensor of {N} values").to(_F64)
+
+
+def _per_row(arg: str, value: Any, z: Tensor, expected: str) -> Tensor:
+    """``value`` as a flat detached tensor of one real entry per score, on the scores'
+    device."""
+    if not isinstance(value, Tensor) or value.numel() != z.shape[0] or value.is_complex():
+        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"{arg}: expected {expected}, got {got}")
+    if value.device != z.device:
+        raise ValueError(f"{arg}: expected a tensor on the scores' device {z.device}, got "
+                         f"{value.device}")
+    return value.detach().reshape(-1)
 
 
 def _few(t: Tensor) -> str:

@@ -15,6 +15,11 @@ def largest_remainder(quotas: np.ndarray, total: int) -> np.ndarray:
     exceed it). Quotas summing above it lose the excess from the smallest remainders among
     the positive counts (ties to the last), so no count goes below zero.
     """
+    quotas = np.asarray(quotas, dtype=np.float64)
+    if not np.isfinite(quotas).all() or (quotas < 0).any():
+        raise ValueError(f"quotas: expected finite non-negative numbers, got {quotas.tolist()}")
+    if total < 0:
+        raise ValueError(f"total: expected a non-negative integer, got {total}")
     counts = np.floor(quotas).astype(np.int64)
     short = total - int(counts.sum())
     order = np.argsort(-(quotas - counts), kind="stable")

@@ -2,11 +2,19 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
 
 from humancompatible_train import _cli_train, datasets
 
 # Two cores on CI: keep intra-op threads from oversubscribing when pytest runs in one process.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# The suite is reproducible: hypothesis draws the same examples on every run, so CI cannot
+# fail on a draw nobody can replay. HYPOTHESIS_PROFILE=explore draws fresh ones
+# (1000 of them where a test sets no count).
+settings.register_profile("suite", derandomize=True, print_blob=True)
+settings.register_profile("explore", max_examples=1000, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 
 @pytest.fixture

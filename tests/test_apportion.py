@@ -1,6 +1,7 @@
 """Largest-remainder apportionment (shared by the dataset splits and the batch sampler)."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +22,12 @@ def test_floors_above_the_total_give_back_from_the_smallest_positive_remainder()
     assert largest_remainder(np.array([1.2, 0.0, 2.9]), 2).tolist() == [0, 0, 2]
 
 
+@pytest.mark.parametrize("quotas", [[1.0, np.inf], [np.nan, 1.0], [2.0, -0.5]])
+def test_non_finite_or_negative_quotas_are_refused(quotas):
+    with pytest.raises(ValueError, match="quotas: expected finite non-negative"):
+        largest_remainder(np.array(quotas), 2)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.floats(0.0, 1e3, allow_subnormal=False), min_size=1, max_size=12),
        st.integers(1, 10_000))
@@ -28,7 +35,8 @@ def test_counts_sum_to_the_total_each_the_floor_or_the_ceiling(weights, total):
     w = np.array(weights)
     if w.sum() == 0:
         w = np.ones_like(w)
-    quotas = w * (total / w.sum())
+    # Normalised first: ``total / w.sum()`` overflows when the weights are all tiny.
+    quotas = w / w.sum() * total
     counts = largest_remainder(quotas, total)
     assert counts.sum() == total
     assert (counts >= 0).all()

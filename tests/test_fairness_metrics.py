@@ -2,7 +2,6 @@
 
 import math
 import os
-import socket
 import tempfile
 import time
 
@@ -102,15 +101,9 @@ def _body(rank, out_dir):
     torch.save(local.compute().by_group, os.path.join(out_dir, f"local{rank}.pt"))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_distributed_counts_are_summed():
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = mp.start_processes(gloo_worker, args=(2, f"tcp://127.0.0.1:{_free_port()}",
+        ctx = mp.start_processes(gloo_worker, args=(2, f"file://{os.path.join(tmp, 'init')}",
                                                     _body, tmp),
                                  nprocs=2, join=False, start_method="spawn")
         deadline = time.monotonic() + 120

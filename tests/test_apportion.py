@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from humancompatible_train._apportion import largest_remainder
@@ -31,6 +31,7 @@ def test_non_finite_or_negative_quotas_are_refused(quotas):
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.floats(0.0, 1e3, allow_subnormal=False), min_size=1, max_size=12),
        st.integers(1, 10_000))
+@example(weights=[2.2250738585072014e-308], total=4)  # all tiny: total / sum overflowed once
 def test_counts_sum_to_the_total_each_the_floor_or_the_ceiling(weights, total):
     w = np.array(weights)
     if w.sum() == 0:

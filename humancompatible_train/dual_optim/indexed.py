@@ -88,12 +88,13 @@ def expand(groups: list[dict[str, Any]], values: Any, indices: IndicesLike, arg:
             raise fail("values", f"shape ({idx.shape[0]},), one value per index",
                        tuple(v.shape), where)
         # The mask of the clamped indices is the observed mask once the indices are known to
-        # be in range; then it has fewer entries set than indices only if some repeat.
+        # be in range (the clamp changed none); then it has fewer entries set than indices
+        # only if some repeat.
         mask = torch.zeros(m, dtype=torch.bool, device=idx.device)
         if idx.numel():
-            mask.index_fill_(0, idx.clamp(0, m - 1), True)
-            low, high = torch.aminmax(idx)
-            flags.append((low < 0) | (high >= m) | (mask.sum() != idx.numel()))
+            clamped = idx.clamp(0, m - 1)
+            mask.index_fill_(0, clamped, True)
+            flags.append((clamped != idx).any() | (mask.sum() != idx.numel()))
         masks.append(mask)
     flag = flags[0] if len(flags) == 1 else torch.stack(flags).any() if flags else None
     # The sum is finite whenever every value is (an overflowing sum is refused too).

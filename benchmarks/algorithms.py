@@ -16,10 +16,15 @@ Problems (all full batch, float64, so runs are deterministic and references exac
 
 References come from scipy's SLSQP. For each algorithm the script prints the final objective,
 its distance to the reference, the worst violation, and the steps to feasibility (first step
-from which the worst violation stays <= 1e-4). With the ``compare`` extra installed
+from which the worst violation stays <= 1e-4). ``AdaptiveDual`` enters the suite with
+``offset=0``: its default offset keeps an inequality a few noise standard deviations inside
+the feasible set on purpose, a margin for noisy batches that these deterministic problems do
+not need (its defaults are printed on a line of their own, for context, and are not counted
+in the "within 1e-3" line). With the ``compare`` extra installed
 (humancompatible-train 0.4.2, cooper-optim 1.0.1), the peers' implementations of the same
 methods run with the same hyperparameters, and the largest difference between the two
-trajectories (parameters and multipliers over all steps) is printed.
+trajectories (parameters and multipliers over all steps, relative to their size where it
+exceeds 1) is printed.
 """
 
 from __future__ import annotations
@@ -37,11 +42,13 @@ from humancompatible_train.dual_optim import (
     ALM,
     PBM,
     SSG,
+    AdaptiveDual,
     Extragradient,
     MoreauEnvelope,
     Optimistic,
     PrimalDual,
     iALM,
+    nuPI,
 )
 
 FEASIBLE = 1e-4
@@ -234,14 +241,19 @@ def ours() -> dict[str, Callable]:
         "Moreau(ALM)": two_line(alm, wrap=lambda o: MoreauEnvelope(o, mu=1.0, beta=0.5)),
         "Extragradient(ALM)": coordinated(Extragradient, alm),
         "Optimistic(ALM)": coordinated(Optimistic, alm),
+        "nuPI": two_line(nupi()),
+        # The offset is a margin for noisy constraints, kept on purpose inside the feasible
+        # set; these problems have no noise, so the suite measures it at 0 (the defaults
+        # are printed apart, for context).
+        "AdaptiveDual (offset 0)": two_line(lambda pb: AdaptiveDual(
+            pb.m, offset=0.0, is_ineq=pb.is_ineq, dtype=F64)),
     }
-    try:  # the PI controller of Sohrabi et al. (ICML 2024), where this library has it
-        from humancompatible_train.dual_optim import nuPI  # type: ignore[attr-defined]
-
-        out["nuPI"] = two_line(lambda pb: nuPI(pb.m, lr=0.5, is_ineq=pb.is_ineq, dtype=F64))
-    except ImportError:
-        pass
     return out
+
+
+def nupi(init_xi: str = "first"):
+    """Our nuPI at the suite's step (its default gains kappa_p 10, kappa_i 1, nu 0.9)."""
+    return lambda pb: nuPI(pb.m, lr=0.5, init_xi=init_xi, is_ineq=pb.is_ineq, dtype=F64)
 
 
 def run(pb: Problem, build, steps: int):
@@ -271,14 +283,18 @@ def run(pb: Problem, build, steps: int):
 
 def report(name: str, r: dict) -> None:
     feas = "never" if r["feasible"] is None else str(r["feasible"])
-    print(f"  {name:34s} f {r['f']:.6f}  f-f* {r['gap']:+.1e}  |x-x*| {r['dist']:.1e}  "
+    f = f"{r['f']:.6f}" if abs(r["f"]) < 1e6 else f"{r['f']:.2e} (diverged)"
+    print(f"  {name:34s} f {f}  f-f* {r['gap']:+.1e}  |x-x*| {r['dist']:.1e}  "
           f"viol {r['viol']:.1e}  feasible from {feas:>5s}  {r['ms']:.2f} ms/step")
 
 
 def trajectory_gap(a: dict, b: dict) -> tuple[float, float]:
-    dx = max(float((p - q).abs().max()) for p, q in zip(a["xs"], b["xs"]))
-    dl = max(float((p - q).abs().max()) for p, q in zip(a["lams"], b["lams"]))
-    return dx, dl
+    """The largest difference of iterates and of multipliers over all steps, relative to
+    their size where it exceeds 1 (so that two runs that diverge alike compare as alike)."""
+    def gap(ps, qs):
+        return max(float(((p - q).abs() / torch.maximum(p.abs(), q.abs()).clamp(min=1.0))
+                         .max()) for p, q in zip(ps, qs))
+    return gap(a["xs"], b["xs"]), gap(a["lams"], b["lams"])
 
 
 # ------------------------------------------------------------------ peers
@@ -291,6 +307,7 @@ def peers() -> dict[str, tuple[str, Callable, str]]:
         from humancompatible.train.dual_optim import SSG as HSSG
         from humancompatible.train.dual_optim import MoreauEnvelope as HMoreau
         from humancompatible.train.dual_optim import iALM as HiALM
+        from humancompatible.train.dual_optim import nuPI as HnuPI
     except ImportError:
         HALM = None
     if HALM is not None:
@@ -317,6 +334,11 @@ def peers() -> dict[str, tuple[str, Callable, str]]:
                             init_duals=torch.ones(pb.m), init_penalties=1.0,
                             gamma_annealing=False, penalty_annealing=False)))),
             "same maths (ours in the peer's order: Lagrangian at the previous lambda, p)")
+        # The peer's gains are ours times the step: ki = lr kappa_i, kp = lr kappa_p.
+        out["hct nuPI"] = ("nuPI (init_xi zero)", two_line(_cast(lambda pb: HnuPI(
+            pb.m, nu=0.9, ki=0.5, kp=5.0, is_ineq=pb.is_ineq, dual_range=(-1e9, 1e9)))),
+            "differs unless the clamp erases the first step: its average starts at 0 as "
+            "init_xi='zero', but that step leaves out the proportional term kp (1 - nu) c_0")
     try:
         import cooper  # noqa: F401
 
@@ -325,6 +347,12 @@ def peers() -> dict[str, tuple[str, Callable, str]]:
         out["Cooper alternating dual-primal"] = ("ALM", _cooper("alternating"), "same maths")
         out["Cooper extrapolation (ExtraSGD)"] = ("Extragradient(ALM)", _cooper("extra"),
                                                   "same maths")
+        out["Cooper nuPI (init SGD)"] = (
+            "nuPI (forward, then step)", _cooper("nupi-sgd"),
+            "differs, a peer bug: documented as xi_0 = c_0 (ours), but 1.0.1 stores xi_0 = 0 "
+            "after its plain first step")
+        out["Cooper nuPI (init ZEROS)"] = ("nuPI (init_xi zero, forward, then step)",
+                                           _cooper("nupi-zeros"), "same maths")
     except ImportError:
         pass
     return out
@@ -369,9 +397,18 @@ def _cooper(kind: str):
             co = cooper.optim.ExtrapolationConstrainedOptimizer(cmp, primal, dual)
         else:
             primal = torch.optim.SGD([x], lr=pb.primal_lr)
-            dual = torch.optim.SGD(cmp.dual_parameters(), lr=0.5, maximize=True)
-            cls = cooper.optim.SimultaneousOptimizer if kind == "simultaneous" else \
-                cooper.optim.AlternatingDualPrimalOptimizer
+            if kind.startswith("nupi"):
+                from cooper.optim.torch_optimizers.nupi_optimizer import nuPIInitType
+
+                # Gains as float64 tensors: the peer makes float32 ones of Python floats.
+                dual = cooper.optim.nuPI(
+                    cmp.dual_parameters(), lr=0.5, Kp=torch.tensor(10.0, dtype=F64),
+                    Ki=torch.tensor(1.0, dtype=F64), ema_nu=0.9, maximize=True,
+                    init_type=nuPIInitType.SGD if kind == "nupi-sgd" else nuPIInitType.ZEROS)
+            else:
+                dual = torch.optim.SGD(cmp.dual_parameters(), lr=0.5, maximize=True)
+            cls = cooper.optim.AlternatingDualPrimalOptimizer if kind == "alternating" else \
+                cooper.optim.SimultaneousOptimizer
             co = cls(cmp, primal, dual)
         mult = cmp.c.multiplier
         return (lambda: co.roll()), (lambda: mult.weight.detach().reshape(-1).clone())
@@ -396,6 +433,8 @@ def main() -> None:
         results = {k: run(pb, b, args.steps) for k, b in mine.items()}
         for k, r in results.items():
             report(k, r)
+        report("AdaptiveDual() defaults (context)", run(pb, two_line(
+            lambda p: AdaptiveDual(p.m, is_ineq=p.is_ineq, dtype=F64)), args.steps))
         if "ALM" in results:
             results["ALM (forward, then step)"] = run(
                 pb, two_line(lambda p: ALM(p.m, lr=0.5, is_ineq=p.is_ineq, dtype=F64),
@@ -403,6 +442,13 @@ def main() -> None:
         if "hct iALM (sigma 1)" in theirs:
             results["iALM (sigma 1)"] = run(pb, two_line(lambda p: iALM(
                 p.m, lr=0.5, sigma=1.0, gamma=10.0, is_ineq=p.is_ineq, dtype=F64)), args.steps)
+        if "hct nuPI" in theirs:
+            results["nuPI (init_xi zero)"] = run(pb, two_line(nupi("zero")), args.steps)
+        if "Cooper nuPI (init SGD)" in theirs:
+            results["nuPI (forward, then step)"] = run(
+                pb, two_line(nupi(), order="simultaneous"), args.steps)
+            results["nuPI (init_xi zero, forward, then step)"] = run(
+                pb, two_line(nupi("zero"), order="simultaneous"), args.steps)
         if "hct PBM" in theirs:
             results["PBM (forward, then step)"] = run(pbm_constraints(pb), two_line(
                 lambda p: PBM(p.m, lr=0.5, penalty_update="const", init_penalty=1.0,
@@ -421,7 +467,8 @@ def main() -> None:
                 dl = 0.0  # the peer's multipliers are always 0: compare the iterates
             verdict = "identical" if dx == 0 and dl == 0 else (
                 "same to float tolerance" if max(dx, dl) < 1e-9 else "different")
-            print(f"      vs ours {same_as}: max |dx| {dx:.1e}, max |dlambda| {dl:.1e} -> "
+            print(f"      vs ours {same_as}: max |dx| {dx:.1e}, max |dlambda| {dl:.1e} "
+                  f"(relative above 1) -> "
                   f"{verdict} ({expect})")
         if pb.convex:
             bad = [k for k, r in results.items() if k in mine

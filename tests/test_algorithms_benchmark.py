@@ -15,6 +15,7 @@ def test_algorithms_benchmark_runs_every_algorithm():
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     for name in ("ALM", "PrimalDual", "iALM", "PBM", "SSG", "Moreau(ALM)",
-                 "Extragradient(ALM)", "Optimistic(ALM)"):
+                 "Extragradient(ALM)", "Optimistic(ALM)", "nuPI", "AdaptiveDual (offset 0)",
+                 "AdaptiveDual() defaults (context)"):
         assert re.search(rf"^  {re.escape(name)}\s+f \d", done.stdout, flags=re.MULTILINE), name
     assert "qp (convex): f* = 3.583333" in done.stdout

@@ -20,10 +20,11 @@ from humancompatible_train.dual_optim import ALM, nuPI
 C = [[0.5, -1.0], [0.25, 2.0], [-0.75, 0.5], [1.0, 1.0]]
 
 
-def by_hand(cs, lr, kp, ki, nu, lam0=0.0, lo=-np.inf):
-    """The update written out independently: xi_{-1} = c_0, then EMA; clamp every step."""
+def by_hand(cs, lr, kp, ki, nu, lam0=0.0, lo=-np.inf, init_xi="first"):
+    """The update written out independently: xi_{-1} = c_0 (or 0), then EMA; clamp every
+    step."""
     lam = np.full(len(cs[0]), lam0, dtype=np.float64)
-    xi = np.array(cs[0], dtype=np.float64)
+    xi = np.array(cs[0], dtype=np.float64) if init_xi == "first" else np.zeros(len(cs[0]))
     out = []
     for c in np.asarray(cs, dtype=np.float64):
         new_xi = nu * xi + (1 - nu) * c
@@ -47,11 +48,25 @@ def test_three_steps_by_hand():
     assert dual.duals.tolist() == [-0.6875, 2.25]
 
 
-@pytest.mark.parametrize("kp,ki,nu", [(2.0, 1.0, 0.5), (10.0, 1.0, 0.9), (0.0, 0.3, 0.0)])
-def test_matches_independent_sequence_with_clamp(kp, ki, nu):
-    dual = nuPI(2, lr=0.3, kappa_p=kp, kappa_i=ki, nu=nu, is_ineq=True, init_duals=0.2,
+def test_zero_initial_average_by_hand():
+    # init_xi="zero": xi_{-1} = 0, so the first step has its proportional term.
+    dual = nuPI(2, lr=0.5, kappa_p=2.0, kappa_i=1.0, nu=0.5, init_xi="zero",
                 dtype=torch.float64)
-    expected = by_hand(C, 0.3, kp, ki, nu, lam0=0.2, lo=0.0)
+    # xi0 = 0.5 * c0 = (0.25, -0.5); step = 0.5 * [c0 + 2 * xi0] = (0.5, -1)
+    dual.step(torch.tensor(C[0], dtype=torch.float64))
+    assert dual.duals.tolist() == [0.5, -1.0]
+    # xi1 = 0.5 * (0.25, -0.5) + 0.5 * (0.25, 2) = (0.25, 0.75);
+    # step = 0.5 * [(0.25, 2) + 2 * (0, 1.25)] = (0.125, 2.25)
+    dual.step(torch.tensor(C[1], dtype=torch.float64))
+    assert dual.duals.tolist() == [0.625, 1.25]
+
+
+@pytest.mark.parametrize("init_xi", ["first", "zero"])
+@pytest.mark.parametrize("kp,ki,nu", [(2.0, 1.0, 0.5), (10.0, 1.0, 0.9), (0.0, 0.3, 0.0)])
+def test_matches_independent_sequence_with_clamp(kp, ki, nu, init_xi):
+    dual = nuPI(2, lr=0.3, kappa_p=kp, kappa_i=ki, nu=nu, is_ineq=True, init_duals=0.2,
+                init_xi=init_xi, dtype=torch.float64)
+    expected = by_hand(C, 0.3, kp, ki, nu, lam0=0.2, lo=0.0, init_xi=init_xi)
     for c, lam in zip(C, expected):
         dual.step(torch.tensor(c, dtype=torch.float64))
         np.testing.assert_allclose(dual.duals.numpy(), lam, rtol=0, atol=1e-15)
@@ -67,6 +82,20 @@ def test_unclamped_sum_is_the_pi_law():
         xi = 0.8 * xi + 0.2 * c
         dual.step(c)
         law = 0.2 * (0.5 * cs[: t + 1].sum(0) + 4.0 * (xi - cs[0]))
+        torch.testing.assert_close(dual.duals, law, rtol=0, atol=1e-12)
+
+
+def test_unclamped_sum_is_the_pi_law_from_zero():
+    # init_xi="zero": lambda_{t+1} = lambda_0 + lr [ki sum c + kp xi_t].
+    g = torch.Generator().manual_seed(2)
+    cs = torch.randn(20, 3, generator=g, dtype=torch.float64)
+    dual = nuPI(3, lr=0.2, kappa_p=4.0, kappa_i=0.5, nu=0.8, init_xi="zero",
+                dtype=torch.float64)
+    xi = torch.zeros(3, dtype=torch.float64)
+    for t, c in enumerate(cs):
+        xi = 0.8 * xi + 0.2 * c
+        dual.step(c)
+        law = 0.2 * (0.5 * cs[: t + 1].sum(0) + 4.0 * xi)
         torch.testing.assert_close(dual.duals, law, rtol=0, atol=1e-12)
 
 
@@ -112,6 +141,40 @@ def test_masked_entries_start_their_average_at_their_first_finite_value():
     dual.step(torch.tensor([1.0, 2.0], dtype=torch.float64))
     # Entry 1 starts now: its first step is plain ascent (xi_{-1} = 2).
     assert dual.duals.tolist() == [2.0, 2.0]
+
+
+def test_masked_entries_from_zero_keep_a_zero_average():
+    # init_xi="zero": an entry masked out at first still starts from xi_{-1} = 0.
+    dual = nuPI(2, lr=1.0, kappa_p=1.0, kappa_i=1.0, nu=0.5, check_finite=False,
+                init_xi="zero", dtype=torch.float64)
+    dual.step(torch.tensor([1.0, float("nan")], dtype=torch.float64))
+    assert dual.duals.tolist() == [1.5, 0.0]  # 1 + 1 * (0.5 - 0)
+    dual.step(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    # Entry 0: xi 0.5 -> 0.75, step 1 + 0.25; entry 1: xi 0 -> 1, step 2 + 1.
+    assert dual.duals.tolist() == [2.75, 3.0]
+
+
+def test_init_xi_is_per_group_and_read_at_creation():
+    dual = nuPI(lr=1.0, kappa_p=1.0, kappa_i=1.0, nu=0.5, dtype=torch.float64)
+    dual.add_constraint_group(1, name="first")
+    dual.add_constraint_group(1, name="zero", init_xi="zero")
+    dual.step({"first": torch.tensor([1.0], dtype=torch.float64),
+               "zero": torch.tensor([1.0], dtype=torch.float64)})
+    assert dual.dual("first").item() == 1.0 and dual.dual("zero").item() == 1.5
+    # Changing the key afterwards does not rewrite the state that exists.
+    dual.param_groups[1]["init_xi"] = "first"
+    dual.step({"first": torch.tensor([1.0], dtype=torch.float64),
+               "zero": torch.tensor([1.0], dtype=torch.float64)})
+    assert dual.dual("first").item() == 2.0 and dual.dual("zero").item() == 2.75
+
+
+def test_adaptive_has_no_init_xi():
+    from humancompatible_train.dual_optim import AdaptiveDual
+
+    dual = AdaptiveDual(1)
+    assert "init_xi" not in dual.param_groups[0]
+    with pytest.raises(ValueError, match="init_xi"):
+        dual.add_constraint_group(1, name="b", init_xi="zero")
 
 
 def test_scheduler_scales_both_gains():
@@ -210,10 +273,21 @@ def test_resume_is_bitwise_identical():
     assert state["started"].dtype == torch.bool and state["xi"].dtype == torch.float32
 
 
+def test_resume_from_zero_is_bitwise_identical():
+    def make():
+        model, opt, _ = _make()
+        return model, opt, nuPI(2, lr=0.5, is_ineq=True, init_xi="zero")
+    dual2 = _resume_matches(make, range(40), range(40, 80))
+    assert dual2.param_groups[0]["init_xi"] == "zero"
+    # Resuming at step 0 of a fresh group: the loaded state keeps xi_{-1} = 0.
+    _resume_matches(make, range(0), range(0, 10))
+
+
 # ------------------------------------------------------------------ errors
 @pytest.mark.parametrize("kwargs", [{"kappa_p": -1.0}, {"kappa_i": float("nan")},
                                     {"nu": 1.0}, {"nu": -0.1}, {"lr": -1.0},
-                                    {"kappa_p": True}, {"nu": "0.5"}])
+                                    {"kappa_p": True}, {"nu": "0.5"}, {"init_xi": "sgd"},
+                                    {"init_xi": None}])
 def test_bad_hyperparameters_raise(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         nuPI(1, **kwargs)
@@ -276,10 +350,10 @@ def test_two_processes_hold_identical_multipliers_equal_to_the_averaged_run():
 
 
 # ------------------------------------------------------------------ AdaptiveDual
-def adaptive_by_hand(cs, lr, beta, clip, offset, kappa_p=0.0, nu=0.9):
+def adaptive_by_hand(cs, lr, beta, clip, offset, kappa_p=0.0, nu=0.9, lam0=0.0):
     """The standardised step written out independently (with the nuPI proportional term on
     the standardised values when kappa_p > 0; its average starts at the first value)."""
-    lam = np.zeros(len(cs[0]))
+    lam = np.full(len(cs[0]), lam0)
     noise = np.zeros(len(cs[0]))
     weight = 0.0
     prev = xi = None
@@ -298,16 +372,49 @@ def adaptive_by_hand(cs, lr, beta, clip, offset, kappa_p=0.0, nu=0.9):
 
 
 def test_adaptive_defaults_by_hand():
-    """The class defaults: lr 0.003, beta 0.99, clip 3, offset 0.15, kappa_p 10, nu 0.9."""
+    """The class defaults: lr 0.003, beta 0.99, clip 3, offset 0.15, kappa_p 10, nu 0.9; the
+    offset shifts the target of inequality groups only (multipliers from 1, so that the
+    clamp at 0 never acts on these steps)."""
     from humancompatible_train.dual_optim import AdaptiveDual
 
-    dual = AdaptiveDual(2, dtype=torch.float64)
-    expected = adaptive_by_hand(C, 0.003, 0.99, 3.0, 0.15, kappa_p=10.0, nu=0.9)
-    for c, lam in zip(C, expected):
-        dual.step(torch.tensor(c, dtype=torch.float64))
-        np.testing.assert_allclose(dual.duals.numpy(), lam, rtol=0, atol=1e-15)
+    ineq = AdaptiveDual(2, is_ineq=True, init_duals=1.0, dtype=torch.float64)
+    eq = AdaptiveDual(2, init_duals=1.0, dtype=torch.float64)
+    expected = adaptive_by_hand(C, 0.003, 0.99, 3.0, 0.15, kappa_p=10.0, nu=0.9, lam0=1.0)
+    expected_eq = adaptive_by_hand(C, 0.003, 0.99, 3.0, 0.0, kappa_p=10.0, nu=0.9, lam0=1.0)
+    for c, lam, lam_eq in zip(C, expected, expected_eq):
+        ineq.step(torch.tensor(c, dtype=torch.float64))
+        eq.step(torch.tensor(c, dtype=torch.float64))
+        np.testing.assert_allclose(ineq.duals.numpy(), lam, rtol=0, atol=1e-15)
+        np.testing.assert_allclose(eq.duals.numpy(), lam_eq, rtol=0, atol=1e-15)
     # The proportional term is there: without it the sequence differs.
-    assert not np.allclose(expected[-1], adaptive_by_hand(C, 0.003, 0.99, 3.0, 0.15)[-1])
+    assert not np.allclose(expected[-1],
+                           adaptive_by_hand(C, 0.003, 0.99, 3.0, 0.15, lam0=1.0)[-1])
+
+
+def test_adaptive_equality_groups_aim_at_zero():
+    """An offset would bias an equality: with noisy values around a fixed h, the multiplier of
+    an equality group settles where the mean of h is 0 whatever the offset, while that of
+    an inequality group keeps a margin below it."""
+    from humancompatible_train.dual_optim import AdaptiveDual
+
+    g = torch.Generator().manual_seed(3)
+    noise = torch.randn(3000, generator=g, dtype=torch.float64) * 0.05
+    plain = AdaptiveDual(1, offset=0.0, dtype=torch.float64)
+    offset = AdaptiveDual(1, offset=0.5, dtype=torch.float64)
+    # The same 2-group optimizer: the offset acts on the inequality group alone.
+    mixed = AdaptiveDual(offset=0.5, dtype=torch.float64)
+    mixed.add_constraint_group(1, name="eq")
+    mixed.add_constraint_group(1, name="ineq", is_ineq=True, init_duals=5.0)
+    for e in noise:
+        plain.step(e.reshape(1))
+        offset.step(e.reshape(1))
+        mixed.step({"eq": e.reshape(1), "ineq": e.reshape(1)})
+        assert torch.equal(offset.duals, plain.duals)
+        assert torch.equal(mixed.dual("eq"), plain.duals)
+    # Zero-mean values: the equality's multiplier wanders around where it started, the
+    # inequality's climbs by about lr * offset a step.
+    assert abs(plain.duals.item()) < 0.5
+    assert mixed.dual("ineq").item() > 5.0 + 0.5 * 3000 * 0.003 * 0.5
 
 
 def test_adaptive_first_step_and_sequence_by_hand():
@@ -343,7 +450,8 @@ def test_adaptive_clip_offset_and_clamp():
         assert dual.duals.item() == pytest.approx(lam, abs=1e-14)
     # A constant value: its noise estimate decays to nothing, and the step is clipped at
     # lr * (clip + offset) = 0.25.
-    const = AdaptiveDual(1, lr=0.1, beta=0.9, clip=2.0, offset=0.5, dtype=torch.float64)
+    const = AdaptiveDual(1, lr=0.1, beta=0.9, clip=2.0, offset=0.5, is_ineq=True,
+                         dtype=torch.float64)
     for _ in range(200):
         before = const.duals.item()
         const.step(torch.tensor([1.0], dtype=torch.float64))
@@ -356,8 +464,9 @@ def test_adaptive_is_nupi_on_standardised_values():
 
     g = torch.Generator().manual_seed(5)
     cs = torch.randn(30, 3, generator=g, dtype=torch.float64) * 0.05 + 0.01
-    ada = AdaptiveDual(3, lr=0.2, kappa_p=3.0, nu=0.7, offset=0.1, dtype=torch.float64)
-    ref = nuPI(3, lr=0.2, kappa_p=3.0, nu=0.7, dtype=torch.float64)
+    ada = AdaptiveDual(3, lr=0.2, kappa_p=3.0, nu=0.7, offset=0.1, is_ineq=True,
+                       dtype=torch.float64)
+    ref = nuPI(3, lr=0.2, kappa_p=3.0, nu=0.7, is_ineq=True, dtype=torch.float64)
     prev, noise, weight = (torch.zeros(3, dtype=torch.float64) for _ in range(3))
     started = torch.zeros(3, dtype=torch.bool)
     for c in cs:

@@ -66,10 +66,11 @@ class AdaptiveDual(nuPI):
     = ``clip`` bounds the step on deterministic constraints (full batches), where the
     estimated noise vanishes: the multiplier then moves by at most :math:`\eta z_{\max}` a
     step and settles within that distance of its optimum. :math:`\kappa` = ``offset`` shifts
-    the target: the multiplier settles where the mean constraint value is
-    :math:`-\kappa` noise standard deviations, a margin that grows with the noise of the
-    batches, as the last iterate's wander around the target does (``offset=0``: aim at the
-    constraint itself).
+    the target of an inequality group: the multiplier settles where the mean constraint
+    value is :math:`-\kappa` noise standard deviations, a margin that grows with the noise of
+    the batches, as the last iterate's wander around the target does (``offset=0``: aim at
+    the constraint itself). Equality groups always aim at :math:`h = 0` (:math:`\kappa = 0`
+    there): an equality has no safe side for a margin, and an offset would only bias it.
 
     The proportional term damps the overshoot of the integral one where the constraint moves
     faster than the multiplier can follow (large batches, few steps: the multiplier rises at
@@ -97,7 +98,9 @@ class AdaptiveDual(nuPI):
         lagrangian = dual.forward_update(loss, rows)      # rows <= 0 wanted
     """
 
-    _HYPERPARAMETERS = {**nuPI._HYPERPARAMETERS,
+    # The average starts at the first standardised value, as the noise estimate does at the
+    # first value (both read ``started``): no init_xi here.
+    _HYPERPARAMETERS = {**{k: r for k, r in nuPI._HYPERPARAMETERS.items() if k != "init_xi"},
                         "beta": real(low=0.0, high=1.0, high_open=True),
                         "clip": real(low=0.0, low_open=True), "offset": real()}
 
@@ -137,8 +140,8 @@ class AdaptiveDual(nuPI):
         )
 
     def _init_state(self, group: dict[str, Any]) -> dict[str, Any]:
-        state = super()._init_state(group)
         m = group["m"]
+        state = self._controller_state(m, started=False)
         zeros = torch.zeros(m, device=self._device, dtype=self._dtype)
         state.update(prev=zeros.clone(), noise=zeros.clone(), weight=zeros.clone())
         return state
@@ -147,7 +150,7 @@ class AdaptiveDual(nuPI):
         # ``started`` is still False on an entry's first step here; nupi_step sets it.
         z = standardize(c, state["prev"], state["noise"], state["weight"], state["started"],
                         beta=group["beta"], clip=group["clip"])
-        if group["offset"] != 0.0:
+        if group["offset"] != 0.0 and group["is_ineq"]:
             z.add_(group["offset"])
         duals = group["params"][0]
         nupi_step(duals, state["xi"], state["started"], z, lr=group["lr"],

@@ -8,10 +8,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validation import real
+from .._validation import choice, real
 from .base import DualOptimizer
 
 __all__ = ["nuPI"]
+
+# The moving average's value before the first step: the first value, or 0.
+INIT_XI = ("first", "zero")
 
 
 def nupi_step(duals: Tensor, xi: Tensor, started: Tensor, c: Tensor, *, lr: float,
@@ -46,21 +49,27 @@ class nuPI(DualOptimizer):  # noqa: N801 - the name Cooper and humancompatible-t
         \lambda_{t+1} = \operatorname{clamp}\big(\lambda_t + \eta\,[\kappa_i c_t
             + \kappa_p (\xi_t - \xi_{t-1})],\ l, u\big)
 
-    **Initial state**: :math:`\xi_{-1} = c_0`, i.e. the moving average starts at the first
-    constraint value, so :math:`\xi_0 = c_0` and the first step is plain dual ascent,
-    :math:`\lambda_1 = \lambda_0 + \eta\kappa_i c_0` (Cooper's default initialisation;
-    humancompatible-train starts the average at 0 instead, :math:`\xi_0 = (1-\nu)c_0`, so
-    its second step differs from this one by :math:`\eta\kappa_p\nu(1-\nu)c_0`). While no
-    clamp is active the update sums to the PI law
+    **Initial state** (``init_xi``): with ``"first"`` (the default) :math:`\xi_{-1} = c_0`,
+    i.e. the moving average starts at the first constraint value, so :math:`\xi_0 = c_0` and
+    the first step is plain dual ascent, :math:`\lambda_1 = \lambda_0 + \eta\kappa_i c_0`
+    (Cooper's ``nuPIInitType.SGD`` as its documentation states it; Cooper 1.0.1 stores
+    :math:`\xi_0 = 0` after that step, so its later steps differ); with ``"zero"``
+    :math:`\xi_{-1} = 0`, so :math:`\xi_0 = (1-\nu)c_0` and the first step is
+    :math:`\eta(\kappa_i + \kappa_p(1-\nu))c_0` (Cooper's ``nuPIInitType.ZEROS``).
+    humancompatible-train 0.4.2 starts its average at 0 but leaves the proportional term out
+    of its first step: while no clamp acts, it is ``"zero"`` shifted by that first step's
+    :math:`-\eta\kappa_p(1-\nu)c_0`. ``init_xi`` is read when the group's state is
+    created (at construction or :meth:`add_constraint_group`), like ``torch.optim.Adagrad``'s
+    ``initial_accumulator_value``. While no clamp is active the update sums to the PI law
 
     .. math::
 
         \lambda_{t+1} = \lambda_0 + \eta\Big[\kappa_i \sum_{\tau=0}^{t} c_\tau
-            + \kappa_p (\xi_t - c_0)\Big].
+            + \kappa_p (\xi_t - \xi_{-1})\Big].
 
-    The clamp acts on every step (no integral wind-up while a multiplier sits at 0). Each
-    entry's average starts at its own first *finite* value when ``check_finite=False`` masks
-    entries out. The Lagrangian is :math:`f + \lambda^\top c`.
+    The clamp acts on every step (no integral wind-up while a multiplier sits at 0). With
+    ``"first"``, each entry's average starts at its own first *finite* value when
+    ``check_finite=False`` masks entries out. The Lagrangian is :math:`f + \lambda^\top c`.
 
     **Reductions**: ``kappa_p=0`` is :class:`~humancompatible_train.dual_optim.ALM` with
     step :math:`\eta\kappa_i` (plain projected dual ascent); ``nu=0, kappa_p=kappa_i`` is
@@ -84,7 +93,8 @@ class nuPI(DualOptimizer):  # noqa: N801 - the name Cooper and humancompatible-t
     """
 
     _HYPERPARAMETERS = {**DualOptimizer._HYPERPARAMETERS, "kappa_p": real(low=0.0),
-                        "kappa_i": real(low=0.0), "nu": real(low=0.0, high=1.0, high_open=True)}
+                        "kappa_i": real(low=0.0), "nu": real(low=0.0, high=1.0, high_open=True),
+                        "init_xi": choice(INIT_XI)}
 
     def __init__(
         self,
@@ -94,6 +104,7 @@ class nuPI(DualOptimizer):  # noqa: N801 - the name Cooper and humancompatible-t
         kappa_p: float = 10.0,
         kappa_i: float = 1.0,
         nu: float = 0.9,
+        init_xi: str = "first",
         init_duals: float | Tensor | Sequence[float] = 0.0,
         dual_range: tuple[float, float] | None = None,
         is_ineq: bool = False,
@@ -105,7 +116,7 @@ class nuPI(DualOptimizer):  # noqa: N801 - the name Cooper and humancompatible-t
     ) -> None:
         super().__init__(
             m,
-            dict(lr=lr, kappa_p=kappa_p, kappa_i=kappa_i, nu=nu),
+            dict(lr=lr, kappa_p=kappa_p, kappa_i=kappa_i, nu=nu, init_xi=init_xi),
             init_duals=init_duals,
             is_ineq=is_ineq,
             dual_range=dual_range,
@@ -117,11 +128,15 @@ class nuPI(DualOptimizer):  # noqa: N801 - the name Cooper and humancompatible-t
         )
 
     def _init_state(self, group: dict[str, Any]) -> dict[str, Any]:
-        m = group["m"]
+        return self._controller_state(group["m"], started=group["init_xi"] == "zero")
+
+    def _controller_state(self, m: int, *, started: bool) -> dict[str, Any]:
+        # An entry marked started takes its stored xi (0 here) as xi_{-1}; one not started
+        # takes its first value instead.
         return {
             "step": 0,
             "xi": torch.zeros(m, device=self._device, dtype=self._dtype),
-            "started": torch.zeros(m, device=self._device, dtype=torch.bool),
+            "started": torch.full((m,), started, device=self._device, dtype=torch.bool),
         }
 
     def _dual_step(self, group: dict[str, Any], state: dict[str, Any], c: Tensor) -> None:
